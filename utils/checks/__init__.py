@@ -1,0 +1,1 @@
+"""Hidden tests behind each lab's check cells, one module per lab."""
