@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for k, path in fetch_all(args.index).items():
                 print(f"  {k:12s} ok  {path}")
+            from .model import prepare
+
+            print(f"  {'model':12s} ok  {prepare()}")
         except AssetError as e:
             print(f"ERROR: {e}", file=sys.stderr)
             return 1

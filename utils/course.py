@@ -3,8 +3,9 @@
     python -m utils.course            # default parameters (what the report is for)
     python -m utils.course --smoke    # tiny sizes, a quick check that everything runs
     python -m utils.course --only 01  # notebooks whose name contains "01"
+    python -m utils.course --store --only 01   # maintainers: store fresh outputs in the committed notebooks
 
-Source notebooks are never modified: executed copies go to build/executed/.
+Source notebooks are never modified (except with --store): executed copies go to build/executed/.
 """
 
 from __future__ import annotations
@@ -82,6 +83,27 @@ def run_notebook(src: Path, smoke: bool = False, out_dir: Path | None = None, ti
             "peak_rss_gb": round(peak.peak / 1e9, 2), "ok": error is None, "error": error, "output": str(out)}
 
 
+def clean_metadata(nb) -> None:
+    """Drop run-specific metadata (papermill timings, execution timestamps) so stored notebooks diff cleanly."""
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if "tags" in cell.metadata and not cell.metadata["tags"]:
+            del cell.metadata["tags"]
+
+
+def store_outputs(run: dict, src: Path) -> None:
+    """Copy an executed notebook's outputs back over its source (maintainers only; the run must have passed)."""
+    import nbformat
+
+    if not run["ok"]:
+        raise RuntimeError(f"not storing outputs of {src.name}: it failed ({run['error']})")
+    nb = nbformat.read(run["output"], as_version=4)
+    clean_metadata(nb)
+    nbformat.write(nb, str(src))
+
+
 def write_report(runs: list[dict], smoke: bool) -> tuple[Path, Path]:
     """build/report.md and build/report.html: runtime, peak memory and key results of every notebook."""
     from .measure import fingerprint
@@ -151,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m utils.course", description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="run with SMOKE=True (tiny sizes)")
     p.add_argument("--only", help="run only notebooks whose file name contains this")
+    p.add_argument("--store", action="store_true",
+                   help="maintainers: write the fresh outputs back into notebooks/ and solutions/")
     args = p.parse_args(argv)
+    if args.store and args.smoke:
+        p.error("--store stores default-parameter outputs; it cannot be combined with --smoke")
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     nbs = course_notebooks(args.only)
     if not nbs:
@@ -164,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'ok' if r['ok'] else 'FAILED'} in {r['seconds']} s, peak {r['peak_rss_gb']} GB"
               + (f"  {r['error']}" if r["error"] else ""), flush=True)
         runs.append(r)
+        if args.store and r["ok"]:
+            store_outputs(r, nb)
+            print(f"  stored outputs in {nb.relative_to(REPO_ROOT)}")
     md, page = write_report(runs, args.smoke)
     print(f"Report: {md} and {page}")
     return 0 if all(r["ok"] for r in runs) else 1

@@ -69,6 +69,11 @@ def convert_gguf(verbose: bool = True) -> Path:
     return out
 
 
+def prepare() -> Path:
+    """Make sure the fast-loading safetensors copy exists and is intact (converting the GGUF if needed)."""
+    return _verified_dir()
+
+
 def _verified_dir() -> Path:
     out = converted_dir()
     manifest = out / "manifest.json"
