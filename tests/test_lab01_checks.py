@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from utils.checking import CheckFailed, ExerciseNotDone
 from utils.checks import lab01
+from utils.nbimport import load_definitions
 from utils.results import REPO_ROOT
 
-
-def _solution_functions() -> dict:
-    """Exec only the `def` cells of the solution notebook (no model loading, no timing)."""
-    nb = json.loads((REPO_ROOT / "solutions" / "lab_01_measuring_cost.ipynb").read_text())
-    ns: dict = {"torch": torch, "time": time}
-    from transformers import DynamicCache
-
-    ns["DynamicCache"] = DynamicCache
-    for cell in nb["cells"]:
-        src = "".join(cell["source"])
-        if cell["cell_type"] == "code" and src.lstrip().startswith("def "):
-            exec(src, ns)
-    return ns
-
-
-SOL = _solution_functions()
+SOL = load_definitions(REPO_ROOT / "solutions" / "lab_01_measuring_cost.ipynb",
+                       {"torch": torch, "time": time, "DynamicCache": DynamicCache})
 
 
 def test_solution_passes_every_check(capsys):

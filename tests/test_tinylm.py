@@ -1,0 +1,100 @@
+"""utils.tinylm: byte tokens, batches, model shapes, pluggable blocks, a tiny run that learns, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from utils import tinylm
+
+
+@pytest.fixture(scope="module")
+def data():
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 60
+    ids = tinylm.encode(text)
+    return ids[:4000], ids[4000:]
+
+
+def test_byte_tokens_round_trip():
+    text = "Thou art — more lovely, é ✓"
+    ids = tinylm.encode(text)
+    assert ids.dtype == torch.uint8 and ids.numel() == len(text.encode("utf-8"))
+    assert tinylm.decode(ids) == text
+    with pytest.raises(ValueError, match="0..255"):
+        tinylm.decode([300])
+
+
+def test_get_batch_targets_are_shifted_inputs(data):
+    x, y = tinylm.get_batch(data[0], 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    with pytest.raises(ValueError, match="more than context"):
+        tinylm.get_batch(data[0][:10], 2, 16)
+    xa, _ = tinylm.eval_windows(data[1], 5, 16)
+    xb, _ = tinylm.eval_windows(data[1], 5, 16)
+    assert torch.equal(xa, xb) and xa.shape == (5, 16)
+
+
+def test_shapes_and_pluggable_blocks():
+    cfg = tinylm.TinyConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, context=16)
+    model = tinylm.TinyLM(cfg, seed=0)
+    logits, loss = model(torch.randint(0, 256, (3, 16)), torch.randint(0, 256, (3, 16)))
+    assert logits.shape == (3, 16, 256) and loss.ndim == 0
+    assert abs(loss.item() - torch.log(torch.tensor(256.0)).item()) < 0.5   # near uniform at init
+    with pytest.raises(ValueError, match="exceeds"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+    class CountingFFN(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.lin = nn.Linear(cfg.d_model, cfg.d_model)
+
+        def forward(self, x):
+            self.aux_loss = x.pow(2).mean()
+            return self.lin(x)
+
+    plugged = tinylm.TinyLM(cfg, attention=tinylm.CausalSelfAttention, ffn=CountingFFN, seed=0)
+    plugged(torch.zeros(1, 4, dtype=torch.long))
+    assert plugged.aux_loss.item() > 0                       # summed from both layers' FFNs
+    with pytest.raises(ValueError, match="divisible"):
+        tinylm.TinyConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="multiple"):
+        tinylm.TinyConfig(d_model=32, n_heads=4, n_kv_heads=3)
+
+
+def test_attention_is_causal():
+    cfg = tinylm.TinyConfig(d_model=32, n_layers=1, n_heads=2, context=12)
+    model = tinylm.TinyLM(cfg, seed=1)
+    a = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % 256
+    with torch.no_grad():
+        la, lb = model(a)[0], model(b)[0]
+    assert torch.allclose(la[0, :8], lb[0, :8], atol=1e-6)
+    assert not torch.allclose(la[0, 8:], lb[0, 8:])
+
+
+def test_training_lowers_the_loss_and_is_deterministic(data):
+    cfg = tinylm.TinyConfig(d_model=32, n_layers=1, n_heads=2, context=32)
+    runs = []
+    for _ in range(2):
+        model = tinylm.TinyLM(cfg, seed=3)
+        before = tinylm.evaluate(model, data[1], 32, n_windows=8)
+        r = tinylm.train(model, data[0], data[1], steps=40, batch_size=8, lr=1e-2, seed=3, progress=False,
+                         eval_windows=8)
+        runs.append(r)
+    assert runs[0].val_loss < before - 1.0
+    assert runs[0].train_losses == runs[1].train_losses and runs[0].val_losses == runs[1].val_losses
+    assert runs[0].val_steps[-1] == 40 and runs[0].tokens_seen == 40 * 8 * 32
+    other = tinylm.train(tinylm.TinyLM(cfg, seed=4), data[0], data[1], steps=5, batch_size=8, seed=4, progress=False)
+    assert other.train_losses[:5] != runs[0].train_losses[:5]
+
+
+def test_generate_greedy_is_deterministic(data):
+    cfg = tinylm.TinyConfig(d_model=32, n_layers=1, n_heads=2, context=16)
+    model = tinylm.TinyLM(cfg, seed=0)
+    prompt = data[0][:20]
+    out = tinylm.generate(model, prompt, 5)
+    assert out.shape == (25,) and torch.equal(out[:20], prompt.long())
+    assert torch.equal(out, tinylm.generate(model, prompt, 5))

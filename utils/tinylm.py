@@ -1,0 +1,340 @@
+"""A tiny decoder-only language model with pluggable attention and FFN blocks, byte-level Shakespeare, a training loop.
+
+Several notebooks train small LMs that differ in one part (the attention in 02, the FFN in 03, the data in 11).
+This module holds what they share; the part being taught is written in its notebook and plugged in:
+
+    cfg = TinyConfig(d_model=128, n_layers=2, n_heads=4, context=128)
+    model = TinyLM(cfg, attention=lambda cfg: MyAttention(cfg), seed=0)     # ffn defaults to SwiGLU
+    train_ids, val_ids = shakespeare_bytes()
+    result = train(model, train_ids, val_ids, steps=300, batch_size=16, seed=0)
+    result.val_loss                                                          # nats per byte
+
+Interfaces:
+- an attention block is an `nn.Module` mapping `x [B, T, d_model] -> [B, T, d_model]`, causal, with its own
+  position encoding (use `rope_cos_sin` + `apply_rope`);
+- an FFN block maps `x [B, T, d_model] -> [B, T, d_model]`; it may set `self.aux_loss` (a scalar tensor) during
+  forward, e.g. a mixture-of-experts balance loss: `TinyLM.forward` sums them into `model.aux_loss` and `train`
+  adds that to the loss.
+
+Tokens are bytes (vocabulary 256): with a tiny model a 49k-token vocabulary would make the embedding table most
+of the parameters, and each of its rows would be trained on only a handful of examples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VOCAB_SIZE = 256  # bytes
+
+
+# --------------------------------------------------------------------------- tokenization and data
+def encode(text: str) -> torch.Tensor:
+    """UTF-8 bytes of `text` as a 1-D uint8 tensor (token ids 0..255)."""
+    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).clone()
+
+
+def decode(ids) -> str:
+    """Inverse of `encode` (invalid UTF-8 sequences, possible in sampled text, become U+FFFD)."""
+    ids = torch.as_tensor(ids).flatten().tolist()
+    if any(not 0 <= i < VOCAB_SIZE for i in ids):
+        raise ValueError("byte token ids must be in 0..255")
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+def shakespeare_bytes(edition: str = "modern", val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) byte tensors of Shakespeare's plays (the last `val_fraction` of every play is validation)."""
+    from .corpora import shakespeare_split
+
+    train_text, val_text = shakespeare_split(edition, val_fraction)
+    return encode(train_text), encode(val_text)
+
+
+def get_batch(data: torch.Tensor, batch_size: int, context: int, generator: torch.Generator | None = None,
+              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of a 1-D token stream: inputs `x` and next-token targets `y`, both [batch_size, context] int64."""
+    if data.dim() != 1:
+        raise ValueError(f"data must be a 1-D token stream, got shape {tuple(data.shape)}")
+    if batch_size < 1 or context < 1:
+        raise ValueError(f"batch_size and context must be positive, got {batch_size} and {context}")
+    if data.numel() <= context:
+        raise ValueError(f"need more than context={context} tokens, got {data.numel()}")
+    starts = torch.randint(0, data.numel() - context, (batch_size,), generator=generator)
+    idx = starts[:, None] + torch.arange(context + 1)
+    chunk = data[idx].long()
+    return chunk[:, :-1].to(device), chunk[:, 1:].to(device)
+
+
+def eval_windows(data: torch.Tensor, n_windows: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n_windows` evenly spaced, fixed windows of a token stream (the same every call): (x, y) [n_windows, context]."""
+    if data.numel() <= context:
+        raise ValueError(f"need more than context={context} tokens, got {data.numel()}")
+    starts = torch.linspace(0, data.numel() - context - 1, n_windows).long()
+    idx = starts[:, None] + torch.arange(context + 1)
+    chunk = data[idx].long()
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+# --------------------------------------------------------------------------- building blocks
+@dataclass
+class TinyConfig:
+    """Shape of a tiny decoder-only LM. Attention/FFN factories may read any extra field from `extra`."""
+
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # for the default attention; None means n_heads (MHA)
+    context: int = 128
+    ffn_hidden: int | None = None  # None: about 8/3 d_model, rounded to a multiple of 16 (SwiGLU)
+    vocab_size: int = VOCAB_SIZE
+    rope_theta: float = 10_000.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if min(self.d_model, self.n_layers, self.n_heads, self.context, self.vocab_size) < 1:
+            raise ValueError("d_model, n_layers, n_heads, context and vocab_size must be positive")
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 16 * math.ceil(8 * self.d_model / 3 / 16)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Llama's normalization)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [len(positions), dim] of rotary embeddings in the 'rotate half' layout (Llama, HF)."""
+    if dim % 2:
+        raise ValueError(f"rotary dim must be even, got {dim}")
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., T, dim] by position: x*cos + rotate_half(x)*sin."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class CausalSelfAttention(nn.Module):
+    """Default attention: grouped-query causal self-attention with RoPE (n_kv_heads = n_heads is plain MHA)."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads
+        self.hd, self.theta = cfg.head_dim, cfg.rope_theta
+        self.q = nn.Linear(cfg.d_model, self.n_heads * self.hd, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * self.n_kv * self.hd, bias=False)
+        self.o = nn.Linear(self.n_heads * self.hd, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
+        k, v = self.kv(x).view(B, T, 2, self.n_kv, self.hd).permute(2, 0, 3, 1, 4)
+        cos, sin = rope_cos_sin(torch.arange(T, device=x.device), self.hd, self.theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """Llama's FFN: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then + ffn(norm(x))."""
+
+    def __init__(self, cfg: TinyConfig, attention: nn.Module, ffn: nn.Module):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(cfg.d_model), attention
+        self.norm2, self.ffn = RMSNorm(cfg.d_model), ffn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class TinyLM(nn.Module):
+    """Embedding -> n_layers pluggable blocks -> RMSNorm -> tied output head. `forward(ids, targets)` -> (logits, loss).
+
+    `attention(cfg)` and `ffn(cfg)` are factories called once per layer (default: GQA/MHA and SwiGLU).
+    Parameters are initialised deterministically from `seed` (normal, std 0.02; residual outputs scaled by
+    1/sqrt(2·n_layers)), without touching the global random state.
+    """
+
+    def __init__(self, cfg: TinyConfig, attention: Callable[[TinyConfig], nn.Module] | None = None,
+                 ffn: Callable[[TinyConfig], nn.Module] | None = None, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        attention = attention or CausalSelfAttention
+        ffn = ffn or SwiGLU
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.blocks = nn.ModuleList(Block(cfg, attention(cfg), ffn(cfg)) for _ in range(cfg.n_layers))
+            self.norm = RMSNorm(cfg.d_model)
+            for name, p in self.named_parameters():
+                if p.dim() >= 2:
+                    residual_out = name.endswith(("o.weight", "o_proj.weight", "down.weight", "down_proj.weight"))
+                    std = 0.02 / math.sqrt(2 * cfg.n_layers) if residual_out else 0.02
+                    nn.init.normal_(p, std=std)
+        self.aux_loss = torch.zeros(())
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
+        if ids.shape[-1] > self.cfg.context:
+            raise ValueError(f"sequence length {ids.shape[-1]} exceeds the model's context {self.cfg.context}")
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.norm(x) @ self.embed.weight.T
+        aux = [m.aux_loss for m in self.modules() if m is not self and torch.is_tensor(getattr(m, "aux_loss", None))]
+        self.aux_loss = sum(aux) if aux else torch.zeros((), device=ids.device)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        """Parameter count (the tied embedding/head counted once, or not at all)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embedding else n
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """What a training run produced: losses in nats per token (per byte with byte tokens)."""
+
+    train_losses: list[float]           # every step
+    val_steps: list[int]
+    val_losses: list[float]             # at val_steps
+    seconds: float
+    tokens_seen: int
+
+    @property
+    def val_loss(self) -> float:
+        """Validation loss at the end of training."""
+        return self.val_losses[-1]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: torch.Tensor, context: int, n_windows: int = 32, batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy over `n_windows` fixed, evenly spaced windows of `data` (deterministic)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x, y = eval_windows(data, n_windows, context)
+    total = 0.0
+    for i in range(0, n_windows, batch_size):
+        _, loss = model(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
+        total += loss.item() * x[i:i + batch_size].shape[0]
+    model.train(was_training)
+    return total / n_windows
+
+
+def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, steps: int = 300,
+          batch_size: int = 16, context: int | None = None, lr: float = 3e-3, weight_decay: float = 0.1,
+          warmup: int | None = None, grad_clip: float = 1.0, eval_every: int | None = None, eval_windows: int = 32,
+          seed: int = 0, progress: bool = True, desc: str = "training") -> TrainResult:
+    """AdamW with linear warm-up and cosine decay to lr/10; batches drawn from a generator seeded by `seed`.
+
+    Same model init + same seed + same thread count -> the same losses. Validation runs every `eval_every`
+    steps (default: 4 times per run) and at the end, on fixed windows (`evaluate`).
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    context = context or model.cfg.context
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    eval_every = eval_every or max(1, steps // 4)
+    device = next(model.parameters()).device
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
+                             "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    gen = torch.Generator().manual_seed(seed)
+    train_losses, val_steps, val_losses = [], [], []
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        x, y = get_batch(train_data, batch_size, context, gen, device)
+        _, loss = model(x, y)
+        aux = getattr(model, "aux_loss", None)
+        total = loss + aux if torch.is_tensor(aux) else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        train_losses.append(loss.item())
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            val_steps.append(step + 1)
+            val_losses.append(evaluate(model, val_data, context, eval_windows))
+            bar.set_postfix(train=f"{train_losses[-1]:.3f}", val=f"{val_losses[-1]:.3f}")
+    bar.close()
+    model.eval()
+    return TrainResult(train_losses, val_steps, val_losses, time.perf_counter() - t0, steps * batch_size * context)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompt_ids: torch.Tensor, n_new: int, temperature: float = 0.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue a 1-D prompt by `n_new` tokens (greedy at temperature 0, else sampled); no KV cache, for simplicity."""
+    if n_new < 0 or temperature < 0:
+        raise ValueError(f"n_new and temperature must be >= 0, got {n_new} and {temperature}")
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(prompt_ids).long().flatten().to(device)
+    for _ in range(n_new):
+        logits, _ = model(ids[-model.cfg.context:][None])
+        last = logits[0, -1]
+        if temperature == 0:
+            nxt = last.argmax()
+        else:
+            nxt = torch.multinomial(F.softmax(last / temperature, -1).cpu(), 1, generator=generator)[0].to(device)
+        ids = torch.cat([ids, nxt.view(1)])
+    return ids
