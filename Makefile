@@ -39,7 +39,7 @@ smoke: assets
 	$(BIN)/python -m utils.course --smoke
 
 test: assets
-	$(BIN)/ruff check utils tests
+	$(BIN)/ruff check utils tests conftest.py
 	$(BIN)/python -m pytest tests notebooks solutions --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
 lab: setup
@@ -49,7 +49,7 @@ labs: setup
 	$(BIN)/python -m utils.labs
 
 lint: setup
-	$(BIN)/ruff check utils tests
+	$(BIN)/ruff check utils tests conftest.py
 
 clean:
 	rm -rf build
