@@ -3,36 +3,21 @@ DeepSeek-V3 attention with copied weights. The notebook's classes and functions 
 
 from __future__ import annotations
 
-import ast
 import math
 import time
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.nbimport import load_definitions
 from utils.results import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "02_attention_and_kv_cache.ipynb"
 
 
-def _definitions() -> dict:
-    """Exec only the top-level `def` and `class` statements of the notebook's code cells."""
-    ns: dict = {"torch": torch, "F": F, "nn": nn, "math": math, "time": time}
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        tree = ast.parse(cell.source)
-        defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        if defs:
-            exec(compile(ast.Module(body=defs, type_ignores=[]), str(NOTEBOOK), "exec"), ns)
-    return ns
-
-
-NB = _definitions()
+NB = load_definitions(NOTEBOOK, {"torch": torch, "F": F, "nn": nn, "math": math, "time": time})
 
 
 def _deepseek(q_lora_rank):

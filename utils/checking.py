@@ -76,3 +76,16 @@ def expect_tensor(what: str, got, shape=None, dtype=None) -> None:
         raise CheckFailed(f"{what}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
     if dtype is not None and got.dtype != dtype:
         raise CheckFailed(f"{what}: expected dtype {dtype}, got {got.dtype}")
+
+
+def expect_allclose(what: str, got, want: torch.Tensor, atol: float = 1e-5) -> None:
+    """Fail unless `got` is a tensor of `want`'s shape within `atol` everywhere (NaN fails too)."""
+    expect_tensor(what, got, shape=want.shape)
+    err = (got.float() - want.float()).abs().max().item()
+    if not err <= atol:  # also catches NaN
+        raise CheckFailed(f"{what}: max |difference| from the reference is {err:.3g} (allowed {atol:g})")
+
+
+def seeded_randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    """A reproducible standard-normal tensor for hidden tests."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

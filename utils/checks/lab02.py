@@ -7,18 +7,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..checking import CheckFailed, expect_close, expect_tensor, run_check
-
-
-def _rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _expect_allclose(what: str, got, want: torch.Tensor, atol: float = 1e-5) -> None:
-    expect_tensor(what, got, shape=want.shape)
-    err = (got.float() - want.float()).abs().max().item()
-    if not err <= atol:  # also catches NaN
-        raise CheckFailed(f"{what}: max |difference| from the reference is {err:.3g} (allowed {atol:g})")
+from ..checking import CheckFailed, expect_allclose, expect_close, expect_tensor, run_check
+from ..checking import seeded_randn as _rand
 
 
 # --------------------------------------------------------------------------- exercise 1
@@ -41,7 +31,7 @@ def check_1(fn) -> None:
                                            ((1, 1, 4, 64), 1000, 500.0)]:
             x = _rand(B, H, T, d, seed=d)
             pos = torch.arange(start, start + T)
-            _expect_allclose(f"rope(x of shape {(B, H, T, d)}, positions {start}..{start + T - 1}, theta={theta:g})",
+            expect_allclose(f"rope(x of shape {(B, H, T, d)}, positions {start}..{start + T - 1}, theta={theta:g})",
                              fn(x, pos, theta), _hf_rope(x, pos, theta), atol=1e-4)
         # the property that makes RoPE useful: q.k depends only on the distance
         q, k = _rand(1, 1, 1, 32, seed=1), _rand(1, 1, 1, 32, seed=2)
@@ -87,7 +77,7 @@ def check_3(fn) -> None:
         for B, H, T, S, d in [(1, 2, 6, 6, 8), (2, 3, 1, 9, 16), (1, 2, 3, 10, 8)]:
             q, k, v = _rand(B, H, T, d, seed=1), _rand(B, H, S, d, seed=2), _rand(B, H, S, d, seed=3)
             what = f"attention with {T} queries over {S} keys" + (" (decode: queries at the end)" if T < S else "")
-            _expect_allclose(what, fn(q, k, v), _reference_attention(q, k, v), atol=1e-5)
+            expect_allclose(what, fn(q, k, v), _reference_attention(q, k, v), atol=1e-5)
         return "causal mask aligned to the end, scaled by 1/sqrt(d)."
 
     run_check(3, tests)
@@ -114,7 +104,7 @@ def check_4(fn) -> None:
             expect_tensor(f"cached values after {t + 1} tokens", cache[1], shape=(B, Hkv, t + 1, d))
             expect_tensor(f"output of step {t}", out, shape=(B, H, 1, d))
             outs.append(out)
-        _expect_allclose("outputs of all steps, concatenated, vs full causal attention", torch.cat(outs, dim=2), want)
+        expect_allclose("outputs of all steps, concatenated, vs full causal attention", torch.cat(outs, dim=2), want)
         return f"the cache holds only the {Hkv} KV heads and grows by one token per step."
 
     run_check(4, tests)
@@ -190,7 +180,7 @@ def check_6(fn) -> None:
             q_lat = fn(q_nope, w_uk)
             expect_tensor(f"absorbed query (B={B}, H={H}, T={T}, d_nope={dn}, d_c={dc})", q_lat,
                           shape=(B, H, T, dc))
-            _expect_allclose("scores q_latent · c vs q_nope · (W_UK c)", q_lat @ c[:, None].transpose(-1, -2), naive,
+            expect_allclose("scores q_latent · c vs q_nope · (W_UK c)", q_lat @ c[:, None].transpose(-1, -2), naive,
                              atol=1e-4)
         return "the query now lives in latent space; keys are never built."
 
@@ -245,7 +235,7 @@ def check_7(merge_output, absorb_query, rope) -> None:
         naive = torch.einsum("bthc,hvc->bthv", o_lat, w_uv).reshape(2, 4, H * dv) @ w_o.T
         got = merge_output(w_o, w_uv)
         expect_tensor(f"merged output weight for D={D}, H={H}, d_v={dv}, d_c={dc}", got, shape=(D, H * dc))
-        _expect_allclose("o_latent @ merged.T vs (W_UV o_latent) @ W_O.T", o_lat.reshape(2, 4, H * dc) @ got.T, naive,
+        expect_allclose("o_latent @ merged.T vs (W_UV o_latent) @ W_O.T", o_lat.reshape(2, 4, H * dc) @ got.T, naive,
                          atol=1e-4)
         for q_lora_rank in (None, 32):
             cfg, model = _mla_case(q_lora_rank)
@@ -256,7 +246,7 @@ def check_7(merge_output, absorb_query, rope) -> None:
                               attention_mask=None)
                 got = _absorbed_mla(attn, cfg, x, absorb_query, merge_output, rope)
             kind = "with" if q_lora_rank else "without"
-            _expect_allclose(f"absorbed MLA ({kind} query compression) vs transformers' DeepSeek-V3 attention", got,
+            expect_allclose(f"absorbed MLA ({kind} query compression) vs transformers' DeepSeek-V3 attention", got,
                              ref, atol=1e-4)
         return "your absorbed MLA reproduces transformers' DeepSeek-V3 attention from the latent cache alone."
 

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checking import CheckFailed, expect_close, expect_tensor, run_check
-
-
-def _rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _expect_allclose(what: str, got, want: torch.Tensor, atol: float = 1e-5) -> None:
-    expect_tensor(what, got, shape=want.shape)
-    err = (got.float() - want.float()).abs().max().item()
-    if not err <= atol:  # also catches NaN
-        raise CheckFailed(f"{what}: max |difference| from the reference is {err:.3g} (allowed {atol:g})")
+from ..checking import CheckFailed, expect_allclose, expect_close, expect_tensor, run_check
+from ..checking import seeded_randn as _rand
 
 
 def _expect_same_routing(what: str, got, want_gates: torch.Tensor, want_idx: torch.Tensor, atol=1e-5) -> None:
@@ -30,7 +20,7 @@ def _expect_same_routing(what: str, got, want_gates: torch.Tensor, want_idx: tor
         t = int((idx.long().sort(-1).values != want_idx.sort(-1).values).any(-1).nonzero()[0])
         raise CheckFailed(f"{what}: token {t} should go to experts {sorted(want_idx[t].tolist())}, "
                           f"got {sorted(idx[t].tolist())}")
-    _expect_allclose(f"{what}: gates (matched by expert)", gates.gather(1, o_got), want_gates.gather(1, o_want), atol)
+    expect_allclose(f"{what}: gates (matched by expert)", gates.gather(1, o_got), want_gates.gather(1, o_want), atol)
 
 
 # --------------------------------------------------------------------------- exercise 1
@@ -104,7 +94,7 @@ def check_3(fn) -> None:
                 for j in range(k):
                     want[t] += gates[t, j] * torch.tanh(x[t] @ mats[idx[t, j]])
             got = fn(x, idx, gates, [make(e) for e in range(E)])
-            _expect_allclose(f"dispatch_combine(N={N}, d={d}, E={E}, k={k})", got, want, atol=1e-5)
+            expect_allclose(f"dispatch_combine(N={N}, d={d}, E={E}, k={k})", got, want, atol=1e-5)
             if max(calls) > 1:
                 e = max(range(E), key=lambda i: calls[i])
                 raise CheckFailed(f"dispatch_combine(N={N}, E={E}, k={k}) called expert {e} {calls[e]} times; "
@@ -174,7 +164,7 @@ def check_5(fn) -> None:
             ref_logits = logits.clone().requires_grad_(True)
             rs = ref_logits.softmax(-1) if kind == "softmax" else ref_logits.sigmoid()
             _ref_aux(rs, idx, 0.003).backward()
-            _expect_allclose(f"gradient of aux_loss w.r.t. the router logits ({kind})", mine.grad, ref_logits.grad,
+            expect_allclose(f"gradient of aux_loss w.r.t. the router logits ({kind})", mine.grad, ref_logits.grad,
                              atol=1e-7)
         return "L = α·Σ f_i·P_i, with the gradient flowing through P only."
 
@@ -192,7 +182,7 @@ def check_6(fn, route_fn=None, load_fn=None) -> None:
         got = fn(bias, load, 0.01)
         if not torch.equal(bias, before):
             raise CheckFailed("bias_update modified `bias` in place; return a new tensor")
-        _expect_allclose("bias_update(bias, load [10, 2, 4, 0], gamma=0.01)", got,
+        expect_allclose("bias_update(bias, load [10, 2, 4, 0], gamma=0.01)", got,
                          torch.tensor([0.09, 0.01, -0.2, 0.06]), atol=1e-7)
         if route_fn is None or load_fn is None:
             return "±γ by load."
@@ -247,7 +237,7 @@ def check_7(fn) -> None:
                 no_shared = want - ref.shared_experts(x).reshape(-1, d)
             if torch.is_tensor(got) and got.shape == want.shape and (got - no_shared).abs().max() < 1e-5:
                 raise CheckFailed("the output matches the routed experts only: add the shared expert")
-            _expect_allclose(f"moe_forward vs DeepseekV3MoE (d={d}, E={E}, k={k}, {n_shared} shared, "
+            expect_allclose(f"moe_forward vs DeepseekV3MoE (d={d}, E={E}, k={k}, {n_shared} shared, "
                              f"route_scale={scale})", got, want, atol=1e-5)
         return "your DeepSeek-V3 MoE layer matches transformers' with copied weights."
 
