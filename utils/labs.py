@@ -112,7 +112,9 @@ def solutions() -> list[Path]:
 
 
 def _dumps(nb) -> str:
-    return nbformat.writes(nb) + "\n" if not nbformat.writes(nb).endswith("\n") else nbformat.writes(nb)
+    """The notebook's JSON text, ending in a newline."""
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"
 
 
 def out_of_date() -> list[str]:
