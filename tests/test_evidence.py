@@ -80,6 +80,12 @@ def test_delta_ppl_and_mean_kl():
     assert 0 < m.low < kl.mean() < m.high
 
 
+def test_identical_models_give_a_zero_width_interval():
+    a, _ = paired_series(4096, 0.0, phi=0.5, seed=4)
+    assert ev.paired_interval(a, a.copy(), block=128) == ev.Interval(0.0, 0.0, 0.0, 0.95)
+    assert ev.verdict(ev.paired_interval(a, a.copy(), block=128), "less") == "not resolved"
+
+
 def test_results_are_deterministic_per_seed():
     a, b = paired_series(4096, 0.0, phi=0.5, seed=2)
     assert ev.paired_interval(a, b, block=128, seed=3) == ev.paired_interval(a, b, block=128, seed=3)
@@ -164,6 +170,9 @@ def test_compare_models_gives_aligned_nll_and_exact_kl(tiny, stream):
     with torch.no_grad():
         lp0, lp1 = (torch.log_softmax(mm(x)[0][0, :-1], -1) for mm in (m0, m1))
     kl_ref = F.kl_div(lp1, lp0, log_target=True, reduction="none").sum(-1)
+    torch.testing.assert_close(ev.kl_from_logprobs(lp0, lp1), kl_ref, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="one shape"):
+        ev.kl_from_logprobs(lp0, lp1[:-1])
     torch.testing.assert_close(kl[:15], kl_ref, atol=1e-6, rtol=1e-5)
     assert (kl > 0).all()
     _, _, kl_self = ev.compare_models(m0, m0, stream, window=16)

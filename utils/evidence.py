@@ -26,6 +26,7 @@ seed does to both; the spread is a paired t-interval over at least two (by defau
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -137,9 +138,12 @@ def block_bootstrap(series: Sequence[np.ndarray], statistic: Callable[..., np.nd
     if n_resamples < 100:
         raise ValueError(f"n_resamples must be at least 100, got {n_resamples}")
     sums, counts = _block_sums(series, block)
-    res = stats.bootstrap((*sums, counts), lambda *cols, axis=-1: statistic(*cols), paired=True, vectorized=True,
-                          confidence_level=level, n_resamples=n_resamples, method=method, batch=500,
-                          rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # identical blocks make BCa degenerate: handled below
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.bootstrap((*sums, counts), lambda *cols, axis=-1: statistic(*cols), paired=True, vectorized=True,
+                              confidence_level=level, n_resamples=n_resamples, method=method, batch=500,
+                              rng=np.random.default_rng(seed))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):  # BCa degenerates when every block agrees
         low = high = float(statistic(*sums, counts))
@@ -308,7 +312,7 @@ def iter_logprobs(model, ids, window: int = WINDOW, stride: int | None = None,
         for i in range(0, starts.numel(), batch_size):
             s = starts[i:i + batch_size]
             x = ids[s[:, None] + cols]
-            logp = torch.log_softmax(_logits(model, x.to(device)).float(), dim=-1)[:, :-1]  # predicts tokens 1..W-1
+            logp = torch.log_softmax(_logits(model, x.to(device))[:, :-1].float(), dim=-1)  # predicts tokens 1..W-1
             if stride is None or i > 0:
                 pos = s[:, None] + torch.arange(window - keep, window)
                 yield pos.flatten(), logp[:, -keep:].reshape(-1, logp.size(-1))
@@ -334,6 +338,18 @@ def token_nll(model, ids, window: int = WINDOW, stride: int | None = None,
     return torch.cat(out)
 
 
+_KL_CHUNK = 512  # rows of log-probs per KL step: keeps the temporaries at 2 x 512 x vocab floats
+
+
+def kl_from_logprobs(logp_ref: torch.Tensor, logp_model: torch.Tensor) -> torch.Tensor:
+    """KL(ref ‖ model) per row of two [tokens, vocab] log-prob tensors (e.g. from `iter_logprobs`), in nats."""
+    if logp_ref.shape != logp_model.shape or logp_ref.dim() != 2:
+        raise ValueError(f"log-probs must both be [tokens, vocab] of one shape, got {tuple(logp_ref.shape)} and "
+                         f"{tuple(logp_model.shape)}")
+    rows = zip(logp_ref.split(_KL_CHUNK), logp_model.to(logp_ref.device).split(_KL_CHUNK))
+    return torch.cat([(r.exp() * (r - m)).sum(-1).clamp_min(0) for r, m in rows])
+
+
 def compare_models(reference, model, ids, window: int = WINDOW, stride: int | None = None,
                    batch_size: int = BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(nll_reference, nll_model, kl) per scored token in one pass; kl is KL(reference ‖ model) in nats.
@@ -349,7 +365,7 @@ def compare_models(reference, model, ids, window: int = WINDOW, stride: int | No
         tgt = ids[pos].to(lp_r.device)[:, None]
         nll_r.append(-lp_r.gather(1, tgt)[:, 0].cpu())
         nll_m.append(-lp_m.gather(1, tgt)[:, 0].cpu())
-        kl.append((lp_r.exp() * (lp_r - lp_m)).sum(-1).clamp_min(0).cpu())
+        kl.append(kl_from_logprobs(lp_r, lp_m).cpu())
     return torch.cat(nll_r), torch.cat(nll_m), torch.cat(kl)
 
 
