@@ -10,7 +10,11 @@ Validation tokens whose context never occurred in train get the uniform 1/V. No 
 higher orders are handicapped on sparse data; Kneser-Ney would score lower.
 
 Counting is vectorised: each (context, token) is packed into one int64 key and counted with `np.unique`,
-validation keys are looked up with `np.searchsorted` (about a second per order on 5 MB of bytes).
+validation keys are looked up with `np.searchsorted`.
+
+Measured on the modern-spelling Shakespeare byte split (`utils.tinylm.shakespeare_bytes()`, 4.1 MB train,
+0.46 MB validation; 2 threads): 3.336 / 2.496 / 1.975 / 1.630 nats per byte (4.81 / 3.60 / 2.85 / 2.35 bits per
+byte) for orders 1-4, with k = 0.1 / 0.056 / 0.056 / 0.018; all four orders, k search included, in 2.5 s.
 """
 
 from __future__ import annotations
