@@ -22,6 +22,7 @@ of the parameters, and each of its rows would be trained on only a handful of ex
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -187,12 +188,87 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+# autograd nodes that only move or select elements, and nodes through which a sublayer's output stays linear
+_SHAPE_ONLY = ("TBackward", "PermuteBackward", "TransposeBackward", "ViewBackward", "UnsafeViewBackward",
+               "ReshapeAliasBackward", "SelectBackward", "SliceBackward", "IndexBackward", "ExpandBackward",
+               "CloneBackward", "ToCopyBackward", "SqueezeBackward", "UnsqueezeBackward", "SplitBackward",
+               "SplitWithSizesBackward", "UnbindBackward", "AliasBackward", "AsStridedBackward")
+_LINEAR_THROUGH = _SHAPE_ONLY + ("AddBackward", "SubBackward", "NegBackward", "MulBackward", "DivBackward",
+                                 "IndexAddBackward", "CopySlices", "CatBackward", "StackBackward",
+                                 "IndexPutBackward", "ScatterAddBackward", "SumBackward")
+_MATMUL = ("MmBackward", "AddmmBackward", "BmmBackward", "BaddbmmBackward", "MvBackward", "LinearBackward",
+           "MatmulBackward")
+
+
+def _node_kind(node) -> str:
+    return type(node).__name__.rstrip("0123456789")
+
+
+def _leaf_params(node, found: set) -> None:
+    """Parameters reached from `node` through shape-only ops (a weight feeding a matmul, transposed or sliced)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if hasattr(n, "variable"):
+            found.add(id(n.variable))
+        elif _node_kind(n) in _SHAPE_ONLY:
+            stack += [m for m, _ in n.next_functions]
+
+
+def _last_matmul_weights(out: torch.Tensor) -> set:
+    """ids of the tensors multiplied last into `out`: walk back through linear ops to the first matmuls."""
+    found, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        kind = _node_kind(n)
+        if kind in _MATMUL:
+            for m, _ in n.next_functions:
+                _leaf_params(m, found)
+        elif kind in _LINEAR_THROUGH:
+            stack += [m for m, _ in n.next_functions]
+    return found
+
+
+def residual_output_params(model: TinyLM) -> set[str]:
+    """Names of the parameters that write into the residual stream: each block's attention and FFN output projections.
+
+    Found by what they do, not by their names: each sublayer (a copy, in eval mode, so nothing it keeps is touched)
+    runs on a random probe, and its output's autograd graph is walked back through linear operations (adds,
+    gate multiplications, scatters, slices) to the last matrix multiplications; the weights they multiply are the
+    output projections — `o`/`o_proj` of an attention, `down` of a SwiGLU, a shared expert's down and a tensor of
+    routed experts' downs alike. The probe has 2·context tokens per sublayer, so that a freshly initialised router
+    sends tokens to every expert (experts held as separate modules are found only if some token reaches them).
+    """
+    found: set[str] = set()
+    gen = torch.Generator().manual_seed(0)
+    for i, block in enumerate(model.blocks):
+        for part in ("attn", "ffn"):
+            sub = copy.deepcopy(getattr(block, part)).eval()
+            names = {id(p): n for n, p in sub.named_parameters() if p.dim() >= 2}   # matrices, not biases
+            for p in sub.parameters():
+                p.requires_grad_(True)
+            x = torch.randn(2, model.cfg.context, model.cfg.d_model, generator=gen)
+            with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+                out = sub(x)
+            if not torch.is_tensor(out) or out.grad_fn is None:
+                continue
+            found |= {f"blocks.{i}.{part}.{names[k]}" for k in _last_matmul_weights(out) if k in names}
+    return found
+
+
 class TinyLM(nn.Module):
     """Embedding -> n_layers pluggable blocks -> RMSNorm -> tied output head. `forward(ids, targets)` -> (logits, loss).
 
     `attention(cfg)` and `ffn(cfg)` are factories called once per layer (default: GQA/MHA and SwiGLU).
-    Parameters are initialised deterministically from `seed` (normal, std 0.02; residual outputs scaled by
-    1/sqrt(2·n_layers)), without touching the global random state.
+    Parameters are initialised deterministically from `seed` (normal, std 0.02; residual-output projections scaled
+    by 1/sqrt(2·n_layers), found by `residual_output_params`), without touching the global random state.
+    `residual_out_names` lists the parameters that got the scaled std.
     """
 
     def __init__(self, cfg: TinyConfig, attention: Callable[[TinyConfig], nn.Module] | None = None,
@@ -206,10 +282,10 @@ class TinyLM(nn.Module):
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.blocks = nn.ModuleList(Block(cfg, attention(cfg), ffn(cfg)) for _ in range(cfg.n_layers))
             self.norm = RMSNorm(cfg.d_model)
+            self.residual_out_names = residual_output_params(self)
             for name, p in self.named_parameters():
                 if p.dim() >= 2:
-                    residual_out = name.endswith(("o.weight", "o_proj.weight", "down.weight", "down_proj.weight"))
-                    std = 0.02 / math.sqrt(2 * cfg.n_layers) if residual_out else 0.02
+                    std = 0.02 / math.sqrt(2 * cfg.n_layers) if name in self.residual_out_names else 0.02
                     nn.init.normal_(p, std=std)
         self.aux_loss = torch.zeros(())
 
