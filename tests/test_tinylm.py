@@ -176,3 +176,22 @@ def test_residual_output_detection_leaves_the_module_and_random_state_alone():
     again = tinylm.TinyLM(cfg, ffn=lambda c: _FusedMoE(c.d_model), seed=5)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
     assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_lr_schedule_and_bad_input():
+    at = tinylm.lr_schedule(1.0, steps=100, warmup=10)
+    assert at(0) == pytest.approx(0.1) and at(9) == pytest.approx(1.0) and at(10) == pytest.approx(1.0)
+    assert at(99) == pytest.approx(0.1, abs=1e-3) and at(55) < at(20)
+    with pytest.raises(ValueError, match="warmup"):
+        tinylm.lr_schedule(1.0, steps=10, warmup=-1)
+
+
+def test_recipe_with_fused_adamw_trains(data):
+    rec = tinylm.Recipe(d_model=32, n_layers=1, n_heads=2, context=32, batch_size=8, steps=30, lr=1e-2,
+                        eval_windows=8)
+    assert rec.config(n_kv_heads=1).n_kv_heads == 1 and rec.config().d_model == 32
+    model, r = rec.run(data[0], data[1], seed=3, progress=False)
+    assert r.val_losses[-1] < r.val_losses[0] and len(r.val_times) == len(r.val_steps)
+    assert all(b >= a for a, b in zip(r.val_times, r.val_times[1:])) and r.val_times[-1] <= r.seconds
+    _, again = rec.run(data[0], data[1], seed=3, progress=False)
+    assert again.train_losses == r.train_losses                # fused AdamW is deterministic too

@@ -422,6 +422,45 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, st
                        val_times)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A training preset: the model's shape and the optimiser's settings. `run` trains a fresh model with it.
+
+    Opt-in: nothing else in the module uses it, so notebooks that call `train` directly keep their numbers.
+    `SHAKESPEARE_RECIPE` is the preset measured in the module docstring.
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    context: int = 128
+    batch_size: int = 32
+    steps: int = 300
+    lr: float = 3e-3
+    warmup: int | None = None
+    weight_decay: float = 0.1
+    fused: bool = True
+    compile: bool = False
+    eval_windows: int = 64
+
+    def config(self, **overrides) -> TinyConfig:
+        """The TinyConfig of this recipe (`overrides` change any TinyConfig field, e.g. n_kv_heads)."""
+        return TinyConfig(**{"d_model": self.d_model, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                             "context": self.context, **overrides})
+
+    def run(self, train_data: torch.Tensor, val_data: torch.Tensor, seed: int = 0,
+            attention: Callable[[TinyConfig], nn.Module] | None = None,
+            ffn: Callable[[TinyConfig], nn.Module] | None = None, device: str | torch.device = "cpu",
+            **train_kwargs) -> tuple[TinyLM, TrainResult]:
+        """Build TinyLM(config, attention, ffn, seed) on `device` and train it with this recipe (`train_kwargs`
+        override any argument of `train`)."""
+        model = TinyLM(self.config(), attention=attention, ffn=ffn, seed=seed).to(device)
+        kw = dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
+                  weight_decay=self.weight_decay, fused=self.fused, compile=self.compile,
+                  eval_windows=self.eval_windows, seed=seed)
+        return model, train(model, train_data, val_data, **{**kw, **train_kwargs})
+
+
 @torch.no_grad()
 def generate(model: nn.Module, prompt_ids: torch.Tensor, n_new: int, temperature: float = 0.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
