@@ -107,3 +107,13 @@ def test_tinylm_learns_mqar_above_chance_in_seconds():
     assert r.losses[-1] < r.losses[0] - 0.5 * math.log(task.n_values) / 2
     again = synthetic.train_on_task(tinylm.TinyLM(cfg, seed=0), task, steps=3, batch_size=64, seed=0)
     assert again.losses[0] == r.losses[0]                                       # same init, same first batch
+
+
+def test_copy_task():
+    task = synthetic.Copy(vocab_size=20, length=6)
+    b = task.batch(16, _gen(0))
+    assert _same(b, task.batch(16, _gen(0))) and b.inputs.shape == (16, 12) and (b.mask.sum(1) == 6).all()
+    assert (b.inputs[:, 6] == 0).all() and torch.equal(b.targets[:, 6:], b.inputs[:, :6])
+    assert synthetic.masked_accuracy(task.oracle(b.inputs), b) == 1.0
+    with pytest.raises(ValueError, match="length"):
+        synthetic.Copy(length=0)

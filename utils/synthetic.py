@@ -11,7 +11,9 @@ compared decides the outcome, an oracle reaches 100%, and a run takes seconds:
 - **Factual capacity** (Allen-Zhu & Li 2024, "Physics of Language Models: Part 3.3, Knowledge Capacity Scaling
   Laws", arXiv:2404.05405: about 2 bits of knowledge per parameter after enough exposures): a fixed random table
   of facts `key tokens -> value tokens`; `FactTable.bits_stored` measures how much of it a model holds, so models
-  with more total parameters at equal active compute (MoE vs dense) can be compared by what they store.
+  with more total parameters at equal active compute (MoE vs dense) can be compared by what they store;
+- **copy / induction** (`Copy`): a random sequence, a separator, the same sequence again — for multi-token
+  prediction and speculative drafts.
 
 Both produce token ids for a causal LM: `TaskBatch.inputs` [B, T], `targets` [B, T] (the next token) and `mask`
 [B, T] (True where the position is scored). `lm_targets` sets unscored targets to -100, which `TinyLM.forward`'s
@@ -142,6 +144,45 @@ class MQAR:
         table.scatter_(1, inputs[:, 0:2 * n:2], inputs[:, 1:2 * n:2])
         pred = table.gather(1, inputs)
         pred[:, :2 * n] = 0                                            # not asked inside the pairs themselves
+        return pred
+
+
+# --------------------------------------------------------------------------- copy (induction)
+@dataclass(frozen=True)
+class Copy:
+    """Copy / induction: `length` random tokens, a separator (token 0), then the same tokens again.
+
+    The second copy is scored: after its first token every next token is predictable by an induction head (find
+    the previous occurrence of the current token, emit what followed it), which is what multi-token prediction
+    and speculative drafts exploit. The first token after the separator is scored too (it is the first token of
+    the sequence, recalled from the start). Tokens are 1..vocab_size-1, drawn with replacement.
+    """
+
+    vocab_size: int = 64
+    length: int = 16
+
+    def __post_init__(self):
+        if self.vocab_size < 2 or self.length < 1:
+            raise ValueError(f"vocab_size must be >= 2 and length >= 1, got {self.vocab_size} and {self.length}")
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.length
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """`batch_size` random sequences `x SEP x`, inputs/targets of length 2·length."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        x = torch.randint(1, self.vocab_size, (batch_size, self.length), generator=generator)
+        tokens = torch.cat([x, torch.zeros(batch_size, 1, dtype=torch.long), x], dim=1)
+        mask = torch.zeros(batch_size, self.seq_len, dtype=torch.bool)
+        mask[:, self.length:] = True
+        return TaskBatch(tokens[:, :-1], tokens[:, 1:], mask)
+
+    def oracle(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Position length+j predicts token j of the first copy."""
+        pred = torch.zeros_like(inputs)
+        pred[:, self.length:] = inputs[:, :self.length]
         return pred
 
 
