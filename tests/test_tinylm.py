@@ -98,3 +98,100 @@ def test_generate_greedy_is_deterministic(data):
     out = tinylm.generate(model, prompt, 5)
     assert out.shape == (25,) and torch.equal(out[:20], prompt.long())
     assert torch.equal(out, tinylm.generate(model, prompt, 5))
+
+
+class _FusedMoE(nn.Module):
+    """A DeepSeek-style MoE FFN as notebook 03 writes it: fused routed experts (3-D tensors) + a shared SwiGLU."""
+
+    def __init__(self, d, n_experts=8, k=2, d_expert=16):
+        super().__init__()
+        self.k = k
+        self.router = nn.Parameter(torch.randn(n_experts, d))
+        self.gate_up = nn.Parameter(torch.randn(n_experts, 2 * d_expert, d))
+        self.down = nn.Parameter(torch.randn(n_experts, d, d_expert))
+        self.shared = nn.ModuleDict({"gate": nn.Linear(d, d_expert, bias=False),
+                                     "up": nn.Linear(d, d_expert, bias=False),
+                                     "down": nn.Linear(d_expert, d, bias=False)})
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        s = (flat @ self.router.T).sigmoid()
+        gates, idx = s.topk(self.k, dim=-1)
+        y = torch.zeros_like(flat)
+        for e in range(self.gate_up.shape[0]):
+            tok, slot = (idx == e).nonzero(as_tuple=True)
+            g, u = (flat[tok] @ self.gate_up[e].T).chunk(2, dim=-1)
+            y = y.index_add(0, tok, (torch.nn.functional.silu(g) * u) @ self.down[e].T * gates[tok, slot, None])
+        sh = self.shared
+        return (y + sh["down"](torch.nn.functional.silu(sh["gate"](flat)) * sh["up"](flat))).reshape(x.shape)
+
+
+class _ListMoE(nn.Module):
+    """Routed experts as separate SwiGLU modules, soft-weighted (every expert gets every token)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.router = nn.Linear(cfg.d_model, 4, bias=False)
+        self.experts = nn.ModuleList(tinylm.SwiGLU(cfg) for _ in range(4))
+
+    def forward(self, x):
+        w = self.router(x).softmax(-1)
+        return sum(w[..., e:e + 1] * ex(x) for e, ex in enumerate(self.experts))
+
+
+class _SequentialFFN(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.d_model, 64), nn.GELU(), nn.Linear(64, cfg.d_model))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("ffn,want_ffn", [
+    (None, {"ffn.down.weight"}),
+    (lambda c: _FusedMoE(c.d_model), {"ffn.down", "ffn.shared.down.weight"}),
+    (_ListMoE, {f"ffn.experts.{e}.down.weight" for e in range(4)}),
+    (_SequentialFFN, {"ffn.net.2.weight"}),
+])
+def test_every_residual_output_projection_gets_the_same_scaled_std(ffn, want_ffn):
+    cfg = tinylm.TinyConfig(d_model=64, n_layers=4, n_heads=4, context=32)
+    model = tinylm.TinyLM(cfg, ffn=ffn, seed=0)
+    want = {f"blocks.{i}.{n}" for i in range(cfg.n_layers) for n in want_ffn | {"attn.o.weight"}}
+    assert model.residual_out_names == want
+    scaled = 0.02 / (2 * cfg.n_layers) ** 0.5
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:   # attention out, dense down, shared and routed expert downs: all the scaled std
+            target = scaled if name in want else 0.02
+            assert abs(p.std().item() / target - 1) < 0.1, (name, p.std().item(), target)
+
+
+def test_residual_output_detection_leaves_the_module_and_random_state_alone():
+    cfg = tinylm.TinyConfig(d_model=32, n_layers=2, n_heads=2, context=16)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    model = tinylm.TinyLM(cfg, ffn=lambda c: _FusedMoE(c.d_model), seed=5)
+    assert torch.equal(torch.rand(3), before)           # the global generator did not move
+    again = tinylm.TinyLM(cfg, ffn=lambda c: _FusedMoE(c.d_model), seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_lr_schedule_and_bad_input():
+    at = tinylm.lr_schedule(1.0, steps=100, warmup=10)
+    assert at(0) == pytest.approx(0.1) and at(9) == pytest.approx(1.0) and at(10) == pytest.approx(1.0)
+    assert at(99) == pytest.approx(0.1, abs=1e-3) and at(55) < at(20)
+    with pytest.raises(ValueError, match="warmup"):
+        tinylm.lr_schedule(1.0, steps=10, warmup=-1)
+
+
+def test_recipe_with_fused_adamw_trains(data):
+    rec = tinylm.Recipe(d_model=32, n_layers=1, n_heads=2, context=32, batch_size=8, steps=30, lr=1e-2,
+                        eval_windows=8)
+    assert rec.config(n_kv_heads=1).n_kv_heads == 1 and rec.config().d_model == 32
+    model, r = rec.run(data[0], data[1], seed=3, progress=False)
+    assert r.val_losses[-1] < r.val_losses[0] and len(r.val_times) == len(r.val_steps)
+    assert all(b >= a for a, b in zip(r.val_times, r.val_times[1:])) and r.val_times[-1] <= r.seconds
+    _, again = rec.run(data[0], data[1], seed=3, progress=False)
+    assert again.train_losses == r.train_losses                # fused AdamW is deterministic too

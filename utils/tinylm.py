@@ -22,6 +22,7 @@ of the parameters, and each of its rows would be trained on only a handful of ex
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -187,12 +188,87 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+# autograd nodes that only move or select elements, and nodes through which a sublayer's output stays linear
+_SHAPE_ONLY = ("TBackward", "PermuteBackward", "TransposeBackward", "ViewBackward", "UnsafeViewBackward",
+               "ReshapeAliasBackward", "SelectBackward", "SliceBackward", "IndexBackward", "ExpandBackward",
+               "CloneBackward", "ToCopyBackward", "SqueezeBackward", "UnsqueezeBackward", "SplitBackward",
+               "SplitWithSizesBackward", "UnbindBackward", "AliasBackward", "AsStridedBackward")
+_LINEAR_THROUGH = _SHAPE_ONLY + ("AddBackward", "SubBackward", "NegBackward", "MulBackward", "DivBackward",
+                                 "IndexAddBackward", "CopySlices", "CatBackward", "StackBackward",
+                                 "IndexPutBackward", "ScatterAddBackward", "SumBackward")
+_MATMUL = ("MmBackward", "AddmmBackward", "BmmBackward", "BaddbmmBackward", "MvBackward", "LinearBackward",
+           "MatmulBackward")
+
+
+def _node_kind(node) -> str:
+    return type(node).__name__.rstrip("0123456789")
+
+
+def _leaf_params(node, found: set) -> None:
+    """Parameters reached from `node` through shape-only ops (a weight feeding a matmul, transposed or sliced)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if hasattr(n, "variable"):
+            found.add(id(n.variable))
+        elif _node_kind(n) in _SHAPE_ONLY:
+            stack += [m for m, _ in n.next_functions]
+
+
+def _last_matmul_weights(out: torch.Tensor) -> set:
+    """ids of the tensors multiplied last into `out`: walk back through linear ops to the first matmuls."""
+    found, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        kind = _node_kind(n)
+        if kind in _MATMUL:
+            for m, _ in n.next_functions:
+                _leaf_params(m, found)
+        elif kind in _LINEAR_THROUGH:
+            stack += [m for m, _ in n.next_functions]
+    return found
+
+
+def residual_output_params(model: TinyLM) -> set[str]:
+    """Names of the parameters that write into the residual stream: each block's attention and FFN output projections.
+
+    Found by what they do, not by their names: each sublayer (a copy, in eval mode, so nothing it keeps is touched)
+    runs on a random probe, and its output's autograd graph is walked back through linear operations (adds,
+    gate multiplications, scatters, slices) to the last matrix multiplications; the weights they multiply are the
+    output projections — `o`/`o_proj` of an attention, `down` of a SwiGLU, a shared expert's down and a tensor of
+    routed experts' downs alike. The probe has 2·context tokens per sublayer, so that a freshly initialised router
+    sends tokens to every expert (experts held as separate modules are found only if some token reaches them).
+    """
+    found: set[str] = set()
+    gen = torch.Generator().manual_seed(0)
+    for i, block in enumerate(model.blocks):
+        for part in ("attn", "ffn"):
+            sub = copy.deepcopy(getattr(block, part)).eval()
+            names = {id(p): n for n, p in sub.named_parameters() if p.dim() >= 2}   # matrices, not biases
+            for p in sub.parameters():
+                p.requires_grad_(True)
+            x = torch.randn(2, model.cfg.context, model.cfg.d_model, generator=gen)
+            with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+                out = sub(x)
+            if not torch.is_tensor(out) or out.grad_fn is None:
+                continue
+            found |= {f"blocks.{i}.{part}.{names[k]}" for k in _last_matmul_weights(out) if k in names}
+    return found
+
+
 class TinyLM(nn.Module):
     """Embedding -> n_layers pluggable blocks -> RMSNorm -> tied output head. `forward(ids, targets)` -> (logits, loss).
 
     `attention(cfg)` and `ffn(cfg)` are factories called once per layer (default: GQA/MHA and SwiGLU).
-    Parameters are initialised deterministically from `seed` (normal, std 0.02; residual outputs scaled by
-    1/sqrt(2·n_layers)), without touching the global random state.
+    Parameters are initialised deterministically from `seed` (normal, std 0.02; residual-output projections scaled
+    by 1/sqrt(2·n_layers), found by `residual_output_params`), without touching the global random state.
+    `residual_out_names` lists the parameters that got the scaled std.
     """
 
     def __init__(self, cfg: TinyConfig, attention: Callable[[TinyConfig], nn.Module] | None = None,
@@ -206,10 +282,10 @@ class TinyLM(nn.Module):
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.blocks = nn.ModuleList(Block(cfg, attention(cfg), ffn(cfg)) for _ in range(cfg.n_layers))
             self.norm = RMSNorm(cfg.d_model)
+            self.residual_out_names = residual_output_params(self)
             for name, p in self.named_parameters():
                 if p.dim() >= 2:
-                    residual_out = name.endswith(("o.weight", "o_proj.weight", "down.weight", "down_proj.weight"))
-                    std = 0.02 / math.sqrt(2 * cfg.n_layers) if residual_out else 0.02
+                    std = 0.02 / math.sqrt(2 * cfg.n_layers) if name in self.residual_out_names else 0.02
                     nn.init.normal_(p, std=std)
         self.aux_loss = torch.zeros(())
 
@@ -243,11 +319,35 @@ class TrainResult:
     val_losses: list[float]             # at val_steps
     seconds: float
     tokens_seen: int
+    val_times: list[float] = field(default_factory=list)   # training seconds (evaluation excluded) at val_steps
 
     @property
     def val_loss(self) -> float:
         """Validation loss at the end of training."""
         return self.val_losses[-1]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.95), weight decay on matrices only; `fused=True` uses torch's fused kernel (opt-in:
+    slightly different rounding from the default per-tensor loop)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), **({"fused": True} if fused else {}))
+
+
+def lr_schedule(lr: float, steps: int, warmup: int, final_ratio: float = 0.1) -> Callable[[int], float]:
+    """Learning rate at each step: linear warm-up over `warmup` steps, then cosine decay to `final_ratio`·lr."""
+    if warmup < 0 or steps < 1:
+        raise ValueError(f"steps must be positive and warmup >= 0, got {steps} and {warmup}")
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return lr * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    return lr_at
 
 
 @torch.no_grad()
@@ -268,11 +368,15 @@ def evaluate(model: nn.Module, data: torch.Tensor, context: int, n_windows: int 
 def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, steps: int = 300,
           batch_size: int = 16, context: int | None = None, lr: float = 3e-3, weight_decay: float = 0.1,
           warmup: int | None = None, grad_clip: float = 1.0, eval_every: int | None = None, eval_windows: int = 32,
-          seed: int = 0, progress: bool = True, desc: str = "training") -> TrainResult:
+          seed: int = 0, progress: bool = True, desc: str = "training", fused: bool = False,
+          compile: bool = False, autocast: torch.dtype | None = None) -> TrainResult:
     """AdamW with linear warm-up and cosine decay to lr/10; batches drawn from a generator seeded by `seed`.
 
     Same model init + same seed + same thread count -> the same losses. Validation runs every `eval_every`
     steps (default: 4 times per run) and at the end, on fixed windows (`evaluate`).
+    Opt-in speed-ups (off by default, so stored results stay as they are): `fused` AdamW kernel, `compile` the
+    training forward with torch.compile (compilation time counts in `seconds`), `autocast` to e.g. torch.bfloat16
+    (pays off only on CPUs with native bf16; measured in the module docstring). See `Recipe` for a tuned preset.
     """
     from tqdm.auto import tqdm
 
@@ -282,19 +386,12 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, st
     warmup = max(1, steps // 10) if warmup is None else warmup
     eval_every = eval_every or max(1, steps // 4)
     device = next(model.parameters()).device
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
-                             "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
+    opt = make_optimizer(model, lr, weight_decay, fused=fused)
+    lr_at = lr_schedule(lr, steps, warmup)
+    forward = torch.compile(model) if compile else model
     gen = torch.Generator().manual_seed(seed)
-    train_losses, val_steps, val_losses = [], [], []
+    train_losses, val_steps, val_losses, val_times = [], [], [], []
+    eval_time = 0.0
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
@@ -302,7 +399,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, st
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         x, y = get_batch(train_data, batch_size, context, gen, device)
-        _, loss = model(x, y)
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            _, loss = forward(x, y)
         aux = getattr(model, "aux_loss", None)
         total = loss + aux if torch.is_tensor(aux) else loss
         opt.zero_grad(set_to_none=True)
@@ -313,11 +411,54 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, st
         train_losses.append(loss.item())
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             val_steps.append(step + 1)
+            t_eval = time.perf_counter()
+            val_times.append(t_eval - t0 - eval_time)
             val_losses.append(evaluate(model, val_data, context, eval_windows))
+            eval_time += time.perf_counter() - t_eval
             bar.set_postfix(train=f"{train_losses[-1]:.3f}", val=f"{val_losses[-1]:.3f}")
     bar.close()
     model.eval()
-    return TrainResult(train_losses, val_steps, val_losses, time.perf_counter() - t0, steps * batch_size * context)
+    return TrainResult(train_losses, val_steps, val_losses, time.perf_counter() - t0, steps * batch_size * context,
+                       val_times)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training preset: the model's shape and the optimiser's settings. `run` trains a fresh model with it.
+
+    Opt-in: nothing else in the module uses it, so notebooks that call `train` directly keep their numbers.
+    `SHAKESPEARE_RECIPE` is the preset measured in the module docstring.
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    context: int = 128
+    batch_size: int = 32
+    steps: int = 300
+    lr: float = 3e-3
+    warmup: int | None = None
+    weight_decay: float = 0.1
+    fused: bool = True
+    compile: bool = False
+    eval_windows: int = 64
+
+    def config(self, **overrides) -> TinyConfig:
+        """The TinyConfig of this recipe (`overrides` change any TinyConfig field, e.g. n_kv_heads)."""
+        return TinyConfig(**{"d_model": self.d_model, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                             "context": self.context, **overrides})
+
+    def run(self, train_data: torch.Tensor, val_data: torch.Tensor, seed: int = 0,
+            attention: Callable[[TinyConfig], nn.Module] | None = None,
+            ffn: Callable[[TinyConfig], nn.Module] | None = None, device: str | torch.device = "cpu",
+            **train_kwargs) -> tuple[TinyLM, TrainResult]:
+        """Build TinyLM(config, attention, ffn, seed) on `device` and train it with this recipe (`train_kwargs`
+        override any argument of `train`)."""
+        model = TinyLM(self.config(), attention=attention, ffn=ffn, seed=seed).to(device)
+        kw = dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
+                  weight_decay=self.weight_decay, fused=self.fused, compile=self.compile,
+                  eval_windows=self.eval_windows, seed=seed)
+        return model, train(model, train_data, val_data, **{**kw, **train_kwargs})
 
 
 @torch.no_grad()

@@ -1,0 +1,378 @@
+"""Synthetic tasks with a known optimum, for comparing architectures at laptop scale: MQAR and factual capacity.
+
+On real text a tiny model trained for a minute has barely started to use attention or extra experts, so two
+variants differ by about one seed's noise (see `utils.tinylm`). These tasks are built so that the part being
+compared decides the outcome, an oracle reaches 100%, and a run takes seconds:
+
+- **MQAR**, multi-query associative recall (Arora et al. 2023, "Zoology", arXiv:2312.04927, §3): a sequence of
+  key–value pairs, then queries of some of the keys; the model must emit each queried key's value. It needs
+  attention that can look up an arbitrary earlier position: the number of pairs, the gap between a pair and its
+  query, and the attention's state (KV heads, latent size, window) decide how much is recalled.
+- **Factual capacity** (Allen-Zhu & Li 2024, "Physics of Language Models: Part 3.3, Knowledge Capacity Scaling
+  Laws", arXiv:2404.05405: about 2 bits of knowledge per parameter after enough exposures): a fixed random table
+  of facts `key tokens -> value tokens`; `FactTable.bits_stored` measures how much of it a model holds, so models
+  with more total parameters at equal active compute (MoE vs dense) can be compared by what they store;
+- **copy / induction** (`Copy`): a random sequence, a separator, the same sequence again — for multi-token
+  prediction and speculative drafts.
+
+Both produce token ids for a causal LM: `TaskBatch.inputs` [B, T], `targets` [B, T] (the next token) and `mask`
+[B, T] (True where the position is scored). `lm_targets` sets unscored targets to -100, which `TinyLM.forward`'s
+cross-entropy ignores, so `model(batch.inputs, batch.lm_targets)` trains on the answers only.
+`train_on_task` runs the training loop of `utils.tinylm` on batches of a task. Batches come from a
+`torch.Generator`, so a seed fixes the data exactly and the global random state is never used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE = -100  # the ignore_index of F.cross_entropy
+
+
+@dataclass
+class TaskBatch:
+    """Causal-LM batch of a synthetic task: inputs, next-token targets, and which positions are scored."""
+
+    inputs: torch.Tensor   # [B, T] int64
+    targets: torch.Tensor  # [B, T] int64, targets[:, t] = the token after inputs[:, t]
+    mask: torch.Tensor     # [B, T] bool, True at the scored positions
+
+    @property
+    def lm_targets(self) -> torch.Tensor:
+        """Targets with unscored positions set to -100 (ignored by F.cross_entropy): train on the answers only."""
+        return self.targets.masked_fill(~self.mask, IGNORE)
+
+    def to(self, device: str | torch.device) -> TaskBatch:
+        """The same batch on `device`."""
+        return TaskBatch(self.inputs.to(device), self.targets.to(device), self.mask.to(device))
+
+
+def masked_accuracy(pred: torch.Tensor, batch: TaskBatch) -> float:
+    """Fraction of scored positions where `pred` (token ids [B, T], or logits [B, T, V]) equals the target."""
+    if pred.dim() == 3:
+        pred = pred.argmax(-1)
+    if pred.shape != batch.targets.shape:
+        raise ValueError(f"predictions of shape {tuple(pred.shape)} do not match targets {tuple(batch.targets.shape)}")
+    n = int(batch.mask.sum())
+    if n == 0:
+        raise ValueError("the batch has no scored positions")
+    return ((pred == batch.targets) & batch.mask).sum().item() / n
+
+
+def _distinct(n_rows: int, n_choices: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """[n_rows, k] distinct integers from 0..n_choices-1 per row, uniformly at random."""
+    return torch.rand(n_rows, n_choices, generator=gen).argsort(-1)[:, :k]
+
+
+# --------------------------------------------------------------------------- MQAR
+@dataclass(frozen=True)
+class MQAR:
+    """Multi-query associative recall (Zoology, arXiv:2312.04927), laid out for a causal LM.
+
+    Vocabulary: token 0 is padding, keys are 1..n_keys, values the rest (n_keys = (vocab_size - 1) // 2, as
+    Zoology splits the vocabulary in halves). A sequence of `seq_len + 1` tokens holds `n_pairs` distinct keys
+    each followed by its value, then a query region of two-token slots: `n_queries` slots, at random places, hold a
+    queried key and its value; the others hold padding. Inputs and targets are that sequence shifted by one
+    (length `seq_len`); the scored positions are the queried keys, whose target is the value. The further a
+    query sits from its pair, the longer the attention must reach back (what a sliding window cannot do).
+    """
+
+    vocab_size: int = 256
+    n_pairs: int = 16
+    n_queries: int | None = None   # None: as many as pairs (every key queried once)
+    seq_len: int = 64
+
+    def __post_init__(self):
+        if self.vocab_size < 3:
+            raise ValueError(f"vocab_size must be at least 3 (padding, a key, a value), got {self.vocab_size}")
+        if self.n_pairs < 1:
+            raise ValueError(f"n_pairs must be positive, got {self.n_pairs}")
+        if self.n_pairs > self.n_keys:
+            raise ValueError(f"n_pairs={self.n_pairs} distinct keys need a larger vocabulary: vocab_size="
+                             f"{self.vocab_size} has {self.n_keys} keys (allowed: n_pairs <= (vocab_size - 1) // 2)")
+        q = self.queries
+        if not 1 <= q <= self.n_pairs:
+            raise ValueError(f"n_queries must be in 1..n_pairs={self.n_pairs}, got {q}")
+        slots = (self.seq_len + 1 - 2 * self.n_pairs) // 2
+        if slots < q:
+            need = 2 * (self.n_pairs + q) - 1
+            raise ValueError(f"seq_len={self.seq_len} is too short for {self.n_pairs} pairs and {q} queries: "
+                             f"need seq_len >= {need}")
+
+    @property
+    def n_keys(self) -> int:
+        return (self.vocab_size - 1) // 2
+
+    @property
+    def n_values(self) -> int:
+        return self.vocab_size - 1 - self.n_keys
+
+    @property
+    def queries(self) -> int:
+        return self.n_pairs if self.n_queries is None else self.n_queries
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """`batch_size` random sequences (vectorised; the same generator state gives the same batch)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        B, n, q, L = batch_size, self.n_pairs, self.queries, self.seq_len + 1
+        keys = _distinct(B, self.n_keys, n, generator) + 1
+        values = torch.randint(0, self.n_values, (B, n), generator=generator) + 1 + self.n_keys
+        tokens = torch.zeros(B, L, dtype=torch.long)
+        tokens[:, 0:2 * n:2], tokens[:, 1:2 * n:2] = keys, values
+        asked = _distinct(B, n, q, generator)                          # which pairs are queried
+        n_slots = (L - 2 * n) // 2
+        slot = _distinct(B, n_slots, q, generator)                    # where each query goes
+        pos = 2 * n + 2 * slot                                         # position of the queried key
+        rows = torch.arange(B)[:, None]
+        tokens[rows, pos] = keys.gather(1, asked)
+        tokens[rows, pos + 1] = values.gather(1, asked)
+        mask = torch.zeros(B, L - 1, dtype=torch.bool)
+        mask[rows, pos] = True
+        return TaskBatch(tokens[:, :-1], tokens[:, 1:], mask)
+
+    def oracle(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The perfect recall: at every key of the query region, the value that followed that key in the pairs."""
+        n = self.n_pairs
+        table = torch.zeros(inputs.shape[0], self.vocab_size, dtype=torch.long)
+        table.scatter_(1, inputs[:, 0:2 * n:2], inputs[:, 1:2 * n:2])
+        pred = table.gather(1, inputs)
+        pred[:, :2 * n] = 0                                            # not asked inside the pairs themselves
+        return pred
+
+
+# --------------------------------------------------------------------------- copy (induction)
+@dataclass(frozen=True)
+class Copy:
+    """Copy / induction: `length` random tokens, a separator (token 0), then the same tokens again.
+
+    The second copy is scored: after its first token every next token is predictable by an induction head (find
+    the previous occurrence of the current token, emit what followed it), which is what multi-token prediction
+    and speculative drafts exploit. The first token after the separator is scored too (it is the first token of
+    the sequence, recalled from the start). Tokens are 1..vocab_size-1, drawn with replacement.
+    """
+
+    vocab_size: int = 64
+    length: int = 16
+
+    def __post_init__(self):
+        if self.vocab_size < 2 or self.length < 1:
+            raise ValueError(f"vocab_size must be >= 2 and length >= 1, got {self.vocab_size} and {self.length}")
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.length
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """`batch_size` random sequences `x SEP x`, inputs/targets of length 2·length."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        x = torch.randint(1, self.vocab_size, (batch_size, self.length), generator=generator)
+        tokens = torch.cat([x, torch.zeros(batch_size, 1, dtype=torch.long), x], dim=1)
+        mask = torch.zeros(batch_size, self.seq_len, dtype=torch.bool)
+        mask[:, self.length:] = True
+        return TaskBatch(tokens[:, :-1], tokens[:, 1:], mask)
+
+    def oracle(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Position length+j predicts token j of the first copy."""
+        pred = torch.zeros_like(inputs)
+        pred[:, self.length:] = inputs[:, :self.length]
+        return pred
+
+
+# --------------------------------------------------------------------------- factual capacity
+@dataclass
+class FactTable:
+    """A fixed random table of facts `key (key_len tokens) -> value (value_len tokens)`, drawn from `seed`.
+
+    Token layout (vocab_size ids): 0 is a separator, keys use ids 1..key_vocab, values the next value_vocab ids.
+    Keys are distinct; values are uniform and independent, so a fact carries exactly value_len·log2(value_vocab)
+    bits that no rule can predict — the model can only memorise them. A training sequence packs
+    `facts_per_seq` random facts, each written `key SEP value`; only the value tokens are scored.
+    """
+
+    n_facts: int = 1024
+    key_len: int = 2
+    value_len: int = 1
+    key_vocab: int = 64
+    value_vocab: int = 64
+    facts_per_seq: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        if min(self.n_facts, self.key_len, self.value_len, self.facts_per_seq) < 1:
+            raise ValueError("n_facts, key_len, value_len and facts_per_seq must be positive")
+        if self.key_vocab < 1 or self.value_vocab < 2:
+            raise ValueError(f"key_vocab must be >= 1 and value_vocab >= 2, got {self.key_vocab}, {self.value_vocab}")
+        if self.n_facts > self.key_vocab ** self.key_len:
+            raise ValueError(f"{self.n_facts} distinct keys of {self.key_len} tokens need key_vocab**key_len >= "
+                             f"n_facts; key_vocab={self.key_vocab} gives {self.key_vocab ** self.key_len}")
+        gen = torch.Generator().manual_seed(self.seed)
+        codes = torch.randperm(self.key_vocab ** self.key_len, generator=gen)[:self.n_facts]
+        digits = [(codes // self.key_vocab ** i) % self.key_vocab for i in reversed(range(self.key_len))]
+        self.keys = torch.stack(digits, dim=1) + 1                                         # [n_facts, key_len]
+        self.values = torch.randint(0, self.value_vocab, (self.n_facts, self.value_len), generator=gen) \
+            + 1 + self.key_vocab                                                           # [n_facts, value_len]
+
+    @property
+    def vocab_size(self) -> int:
+        return 1 + self.key_vocab + self.value_vocab
+
+    @property
+    def fact_len(self) -> int:
+        return self.key_len + 1 + self.value_len
+
+    @property
+    def seq_len(self) -> int:
+        """Length of the model inputs (the packed facts minus the last token)."""
+        return self.facts_per_seq * self.fact_len - 1
+
+    @property
+    def total_bits(self) -> float:
+        """Information in the table's values: n_facts · value_len · log2(value_vocab)."""
+        return self.n_facts * self.value_len * math.log2(self.value_vocab)
+
+    def _pack(self, fact_ids: torch.Tensor) -> TaskBatch:
+        """Sequences of the facts `fact_ids` [B, facts_per_seq]."""
+        B, m = fact_ids.shape
+        sep = torch.zeros(B, m, 1, dtype=torch.long)
+        tokens = torch.cat([self.keys[fact_ids], sep, self.values[fact_ids]], dim=2).reshape(B, -1)
+        scored = torch.zeros(self.fact_len, dtype=torch.bool)
+        scored[self.key_len:self.key_len + self.value_len] = True      # positions whose *next* token is a value
+        mask = scored.repeat(m)[None, :-1].expand(B, -1).clone()
+        return TaskBatch(tokens[:, :-1], tokens[:, 1:], mask)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """`batch_size` sequences of facts drawn uniformly (with replacement) from the table."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        return self._pack(torch.randint(0, self.n_facts, (batch_size, self.facts_per_seq), generator=generator))
+
+    def all_facts(self) -> TaskBatch:
+        """Every fact once, in table order (the last sequence padded with repeats of fact 0, which are not scored)."""
+        m = self.facts_per_seq
+        n_seq = -(-self.n_facts // m)
+        ids = torch.zeros(n_seq * m, dtype=torch.long)
+        ids[:self.n_facts] = torch.arange(self.n_facts)
+        b = self._pack(ids.view(n_seq, m))
+        real = torch.arange(n_seq * m).view(n_seq, m) < self.n_facts
+        b.mask &= real.repeat_interleave(self.fact_len, dim=1)[:, :-1]
+        return b
+
+    def oracle(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The lookup table: at every position before a value token, the stored value token of that key."""
+        lookup = {tuple(k.tolist()): v for k, v in zip(self.keys, self.values)}
+        pred = torch.zeros_like(inputs)
+        B, T = inputs.shape
+        for start in range(0, T - self.key_len + 1, self.fact_len):
+            for b in range(B):
+                v = lookup.get(tuple(inputs[b, start:start + self.key_len].tolist()))
+                if v is not None:
+                    stop = min(T, start + self.key_len + self.value_len)
+                    pred[b, start + self.key_len:stop] = v[:stop - start - self.key_len]
+        return pred
+
+    @torch.no_grad()
+    def bits_stored(self, model: nn.Module, batch_size: int = 256) -> dict:
+        """How much of the table `model` holds, on every fact once.
+
+        bits: Σ over facts of max(0, value_len·log2(value_vocab) − cross-entropy of the fact's value in bits).
+        Values are uniform and independent, so a model that knows nothing about a fact scores 0 on it and one that
+        is certain scores its full value_len·log2(value_vocab); clipping at 0 keeps a confidently wrong fact from
+        cancelling another's knowledge. (Allen-Zhu & Li, arXiv:2404.05405 §2, define bits of knowledge by a
+        similar cross-entropy bound.) Also returned: exact (fraction of facts with every value token the argmax),
+        and bits_exact = exact · total_bits.
+        """
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        full = self.all_facts()
+        ce_bits, correct = [], []
+        for i in range(0, full.inputs.shape[0], batch_size):
+            x, y, m = (t[i:i + batch_size].to(device) for t in (full.inputs, full.targets, full.mask))
+            logits = model(x)[0].float()
+            nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none") / math.log(2)
+            right = logits.argmax(-1) == y
+            B = x.shape[0]
+            pad = torch.zeros(B, 1, dtype=torch.bool, device=device)          # the last target is dropped
+            per_fact = self.fact_len
+            mf = torch.cat([m, pad], 1).view(B, -1, per_fact)
+            nf = torch.cat([nll, pad.float()], 1).view(B, -1, per_fact)
+            rf = torch.cat([right, pad], 1).view(B, -1, per_fact)
+            has = mf.any(-1)
+            ce_bits.append((nf * mf).sum(-1)[has].cpu())
+            correct.append(((rf | ~mf).all(-1))[has].cpu())
+        model.train(was_training)
+        ce = torch.cat(ce_bits)
+        per_fact_bits = self.value_len * math.log2(self.value_vocab)
+        exact = torch.cat(correct).float().mean().item()
+        return {"bits": (per_fact_bits - ce).clamp(min=0).sum().item(), "exact": exact,
+                "bits_exact": exact * self.total_bits, "total_bits": self.total_bits}
+
+
+# --------------------------------------------------------------------------- training on a task
+@dataclass
+class TaskResult:
+    """A training run on a synthetic task: loss every step, the final metric, wall time."""
+
+    losses: list[float]
+    seconds: float
+    metric: float | dict | None = None
+
+
+def train_on_task(model: nn.Module, task, steps: int, batch_size: int = 64, lr: float = 3e-3,
+                  weight_decay: float = 0.0, warmup: int | None = None, seed: int = 0, grad_clip: float = 1.0,
+                  fused: bool = True) -> TaskResult:
+    """Train `model` on batches of `task` (anything with `.batch(batch_size, generator)`), loss on scored positions.
+
+    AdamW with linear warm-up and cosine decay to lr/10, as `utils.tinylm.train`; batches from a generator seeded
+    by `seed`, so the same seed gives every variant the same data (paired seeds). Returns the per-step losses.
+    """
+    from .tinylm import lr_schedule, make_optimizer
+
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    device = next(model.parameters()).device
+    opt = make_optimizer(model, lr, weight_decay, fused=fused)
+    schedule = lr_schedule(lr, steps, max(1, steps // 10) if warmup is None else warmup)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = schedule(step)
+        b = task.batch(batch_size, gen).to(device)
+        _, loss = model(b.inputs, b.lm_targets)
+        aux = getattr(model, "aux_loss", None)
+        opt.zero_grad(set_to_none=True)
+        (loss + aux if torch.is_tensor(aux) else loss).backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return TaskResult(losses, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def task_accuracy(model: nn.Module, task, n_sequences: int = 512, seed: int = 12345, batch_size: int = 256) -> float:
+    """Accuracy of `model` on the scored positions of `n_sequences` held-out sequences of `task` (fixed by `seed`)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    hits = total = 0
+    for i in range(0, n_sequences, batch_size):
+        b = task.batch(min(batch_size, n_sequences - i), gen).to(device)
+        pred = model(b.inputs)[0].argmax(-1)
+        hits += ((pred == b.targets) & b.mask).sum().item()
+        total += b.mask.sum().item()
+    model.train(was_training)
+    return hits / total
