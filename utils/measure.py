@@ -23,6 +23,7 @@ from .timing import (  # noqa: F401  (re-exported: notebooks call measure.benchm
     check_machine,
     compare,
     fit_decode_cost,
+    recommended_threads,
     synchronize,
     threads,
 )

@@ -354,3 +354,20 @@ def check_machine(probe: bool = True, quiet_probe: float | None = None, n_thread
                 report.reasons.append(f"{n} threads run slower than 1 ({report.probe:.0f} vs "
                                       f"{report.probe_one_thread:.0f} GFLOP/s): other processes hold the cores")
     return report
+
+
+def recommended_threads(max_threads: int | None = None, margin: float = 1.2) -> int:
+    """Torch threads that stay sane on a shared machine: all usable cores only if they beat one thread by `margin`.
+
+    Runs the calibration probe on one thread and on all usable cores (about 20 ms). On a quiet machine n threads beat
+    one clearly and n is returned; when another process holds a core, the n-thread step waits for the thread that
+    shares it and is slower than one thread alone, and 1 is returned. See the module docstring for the measurement.
+    """
+    if max_threads is not None and (not isinstance(max_threads, int) or max_threads < 1):
+        raise ValueError(f"max_threads must be a positive integer or None, got {max_threads!r}")
+    if margin < 1:
+        raise ValueError(f"margin must be >= 1 (how much faster n threads must be than one), got {margin}")
+    n = min(usable_cores(), max_threads or usable_cores())
+    if n == 1:
+        return 1
+    return n if probe_rate(n) >= margin * probe_rate(1) else 1
