@@ -8,13 +8,14 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from utils import measure
 from utils.checking import CheckFailed, ExerciseNotDone
 from utils.checks import lab01
 from utils.nbimport import load_definitions
 from utils.results import REPO_ROOT
 
 SOL = load_definitions(REPO_ROOT / "solutions" / "lab_01_measuring_cost.ipynb",
-                       {"torch": torch, "time": time, "DynamicCache": DynamicCache})
+                       {"torch": torch, "time": time, "DynamicCache": DynamicCache, "measure": measure})
 
 
 def test_solution_passes_every_check(capsys):

@@ -202,3 +202,122 @@ def test_roofline_probes_reject_bad_sizes():
 
 def test_cache_sizes_are_bytes():
     assert all(isinstance(v, int) and v > 0 for v in measure.cache_sizes().values())
+
+
+# --------------------------------------------------------------------------- portability
+class _FakeProcess:
+    def __init__(self, **fields):
+        self._fields = fields
+
+    def memory_info(self):
+        import types
+
+        return types.SimpleNamespace(**self._fields)
+
+
+def test_peak_rss_without_resource_uses_psutil_peak_working_set(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` now raises ImportError, as on Windows
+    monkeypatch.setattr(measure.psutil, "Process", lambda: _FakeProcess(rss=100, peak_wset=12345))
+    assert measure.peak_rss_bytes() == 12345
+    monkeypatch.setattr(measure.psutil, "Process", lambda: _FakeProcess(rss=777))  # no peak field: rss now
+    assert measure.peak_rss_bytes() == 777
+
+
+def test_peak_rss_on_macos_is_already_in_bytes(monkeypatch):
+    import resource
+    import types
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=4096))
+    monkeypatch.setattr(measure.platform, "system", lambda: "Darwin")
+    assert measure.peak_rss_bytes() == 4096
+    monkeypatch.setattr(measure.platform, "system", lambda: "Linux")
+    assert measure.peak_rss_bytes() == 4096 * 1024
+
+
+def _fake_sysctl(monkeypatch, values: dict):
+    monkeypatch.setattr(measure.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(measure, "_sysctl", lambda key: values.get(key))
+
+
+def test_cache_sizes_on_an_intel_mac(monkeypatch):
+    _fake_sysctl(monkeypatch, {"hw.l1dcachesize": "32768", "hw.l2cachesize": "262144", "hw.l3cachesize": "8388608"})
+    caches = measure.cache_sizes()
+    assert caches == {"L1d": 32768, "L2": 262144, "L3": 8388608}
+    assert measure.last_level_cache(caches) == ("L3", 8388608)
+
+
+def test_cache_sizes_on_apple_silicon_without_l3(monkeypatch):
+    _fake_sysctl(monkeypatch, {"hw.l1dcachesize": "65536", "hw.perflevel0.l2cachesize": "16777216",
+                               "hw.l3cachesize": "0"})
+    caches = measure.cache_sizes()
+    assert caches == {"L1d": 65536, "L2": 16777216}
+    assert measure.last_level_cache(caches) == ("L2", 16777216)
+    assert measure.format_bytes(caches.get("L3")) == "unknown"
+
+
+def test_cache_sizes_unknown_when_sysctl_has_no_keys(monkeypatch):
+    _fake_sysctl(monkeypatch, {})
+    assert measure.cache_sizes() == {}
+    assert measure.last_level_cache({}) is None
+    fp = measure.fingerprint("cpu")
+    assert "caches: unknown" in str(fp) and "0 MiB" not in str(fp)
+
+
+def test_format_bytes_never_says_zero():
+    assert measure.format_bytes(None) == measure.format_bytes(0) == "unknown"
+    assert measure.format_bytes(32 * 2**20) == "32 MiB"
+    assert measure.format_bytes(48 * 1024) == "48 KiB"
+
+
+def test_sysctl_missing_key_or_binary_gives_none(monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "unknown oid"))
+    assert measure._sysctl("hw.l3cachesize") is None
+
+    def no_binary(*a, **k):
+        raise FileNotFoundError("sysctl")
+
+    monkeypatch.setattr(subprocess, "run", no_binary)
+    assert measure._sysctl("hw.l3cachesize") is None
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "8388608\n", ""))
+    assert measure._sysctl("hw.l3cachesize") == "8388608"
+
+
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm dcpop asimddp sve bf16 i8mm
+CPU implementer\t: 0x41
+"""
+
+
+def test_cpu_flags_on_arm_linux_read_features(monkeypatch):
+    monkeypatch.setattr(measure, "_cpuinfo", lambda: ARM_CPUINFO)
+    flags = measure.cpu_flags()
+    assert {"asimd", "sve", "bf16", "i8mm"} <= flags
+    assert measure.native_bf16(flags)
+    assert {"asimd", "sve", "bf16", "i8mm"} <= set(measure.fingerprint("cpu").simd)
+
+
+def test_cpu_flags_on_x86_linux(monkeypatch):
+    monkeypatch.setattr(measure, "_cpuinfo", lambda: "model name\t: Test CPU\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert measure.cpu_flags() == {"fpu", "sse2", "avx2", "avx512f"}
+    assert not measure.native_bf16()
+    assert measure.cpu_model() == "Test CPU"
+    assert measure.native_bf16({"avx512_bf16"}) and measure.native_bf16({"amx_bf16"})
+
+
+@pytest.mark.parametrize("bf16,i8mm", [("1", "1"), ("0", "1"), (None, None)])
+def test_cpu_flags_on_apple_silicon_from_sysctl(monkeypatch, bf16, i8mm):
+    monkeypatch.setattr(measure, "_cpuinfo", lambda: "")
+    values = {"hw.optional.AdvSIMD": "1", "machdep.cpu.brand_string": "Apple M2"}
+    if bf16 is not None:
+        values |= {"hw.optional.arm.FEAT_BF16": bf16, "hw.optional.arm.FEAT_I8MM": i8mm}
+    _fake_sysctl(monkeypatch, values)
+    flags = measure.cpu_flags()
+    assert "asimd" in flags
+    assert ("bf16" in flags) == (bf16 == "1") and ("i8mm" in flags) == (i8mm == "1")
+    assert measure.native_bf16(flags) == (bf16 == "1")
+    assert measure.cpu_model() == "Apple M2"

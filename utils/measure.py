@@ -6,15 +6,27 @@ import gc
 import os
 import platform
 import random
-import statistics
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 import torch
+
+from .timing import (  # noqa: F401  (re-exported: notebooks call measure.benchmark etc.)
+    BusyReport,
+    Comparison,
+    DecodeCost,
+    Timing,
+    benchmark,
+    check_machine,
+    compare,
+    fit_decode_cost,
+    recommended_threads,
+    synchronize,
+    threads,
+)
 
 
 # --------------------------------------------------------------------------- devices and seeds
@@ -47,79 +59,6 @@ def seed_everything(seed: int = 0) -> None:
         pass
 
 
-def synchronize(device: str | torch.device | None = None) -> None:
-    """Wait for queued GPU work so a timer measures it (no-op on the CPU)."""
-    dev = str(device or "")
-    if dev.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
-    elif dev == "mps":
-        torch.mps.synchronize()
-
-
-# --------------------------------------------------------------------------- timing
-@dataclass
-class Timing:
-    """Wall-clock seconds of repeated calls: the median is the number to quote, the spread says how much to trust it."""
-
-    times: list[float] = field(repr=False)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def min(self) -> float:
-        return min(self.times)
-
-    @property
-    def max(self) -> float:
-        return max(self.times)
-
-    @property
-    def iqr(self) -> float:
-        """Interquartile range (75th - 25th percentile)."""
-        if len(self.times) < 4:
-            return self.max - self.min
-        q = statistics.quantiles(self.times, n=4)
-        return q[2] - q[0]
-
-    @property
-    def spread(self) -> float:
-        """IQR relative to the median."""
-        return self.iqr / self.median if self.median > 0 else float("nan")
-
-    def __str__(self) -> str:
-        return f"{_fmt_s(self.median)} median (IQR {_fmt_s(self.iqr)}, min {_fmt_s(self.min)}, n={len(self.times)})"
-
-
-def _fmt_s(s: float) -> str:
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} µs"
-    if s < 1:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s:.2f} s"
-
-
-def benchmark(fn: Callable[[], object], warmup: int = 2, repeats: int = 10, min_time: float = 0.0,
-              device: str | None = None) -> Timing:
-    """Time `fn()`: `warmup` untimed calls, then `repeats` timed calls (more until `min_time` s have passed)."""
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start) < min_time:
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 10_000:
-            break
-    return Timing(times)
-
-
 # --------------------------------------------------------------------------- memory
 def rss_bytes() -> int:
     """Resident memory of this process now."""
@@ -127,11 +66,18 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process since it started (the OS's high-water mark)."""
-    import resource
+    """Peak resident memory of this process since it started (the OS's high-water mark).
 
+    Uses `resource` on Linux and macOS; where it is missing (native Windows) psutil's peak working set.
+    """
+    try:
+        import resource
+    except ImportError:
+        info = psutil.Process().memory_info()
+        peak = getattr(info, "peak_wset", None)  # Windows: peak working set in bytes
+        return int(peak) if peak else int(info.rss)
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb * 1024 if platform.system() != "Darwin" else kb
+    return kb * 1024 if platform.system() != "Darwin" else kb  # macOS reports bytes, Linux KiB
 
 
 class PeakMemory:
@@ -223,32 +169,71 @@ def count_flops(fn: Callable[[], object]) -> tuple[int, dict[str, int]]:
 
 
 # --------------------------------------------------------------------------- this machine's roofline
-def gemm_flops(n: int = 1024, dtype: torch.dtype = torch.float32, repeats: int = 5, device: str = "cpu") -> float:
-    """Measured FLOP/s of an n x n x n matrix multiply (2 n^3 FLOPs per call), median of `repeats`."""
+def _pick(t: Timing, stat: str) -> float:
+    if stat == "best":
+        return t.best
+    if stat == "median":
+        return t.median
+    raise ValueError(f"stat must be 'best' (peak rate, STREAM convention) or 'median', got {stat!r}")
+
+
+def gemm_flops(n: int = 1024, dtype: torch.dtype = torch.float32, repeats: int = 5, device: str = "cpu",
+               stat: str = "best") -> float:
+    """Measured FLOP/s of an n x n x n matrix multiply (2 n^3 FLOPs per call): best (default) or median of `repeats`."""
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
+    _pick(Timing([1.0]), stat)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     t = benchmark(lambda: a @ b, warmup=1, repeats=repeats, device=device)
-    return 2 * n**3 / t.median
+    return 2 * n**3 / _pick(t, stat)
 
 
-def memory_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5, device: str = "cpu") -> float:
-    """Measured read bandwidth (bytes/s) of summing a float32 buffer of `nbytes` (median of `repeats`)."""
+def memory_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5, device: str = "cpu", stat: str = "best") -> float:
+    """Measured read bandwidth (bytes/s) of summing a float32 buffer of `nbytes`: best (default) or median."""
     if nbytes < 4096:
         raise ValueError(f"nbytes must be at least 4096, got {nbytes}")
+    _pick(Timing([1.0]), stat)
     x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     inner = max(1, int(4 * 2**20 // nbytes))  # repeat tiny buffers inside one timed call
+
     def run():
         for _ in range(inner):
             x.sum()
+
     t = benchmark(run, warmup=2, repeats=repeats, device=device)
-    return inner * x.numel() * 4 / t.median
+    return inner * x.numel() * 4 / _pick(t, stat)
+
+
+def _sysctl(key: str) -> str | None:
+    """`sysctl -n key` on macOS/BSD, or None when the key (or sysctl) is absent."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    value = out.stdout.strip()
+    return value if out.returncode == 0 and value else None
 
 
 def cache_sizes() -> dict[str, int]:
-    """CPU cache sizes in bytes as the OS reports them (L1d, L2, L3 per instance), where available."""
+    """CPU cache sizes in bytes as the OS reports them (L1d, L2, L3 per instance); levels it does not report are absent.
+
+    Linux: /sys/devices/system/cpu/cpu0/cache. macOS: sysctl hw.l1dcachesize / hw.l2cachesize / hw.l3cachesize
+    (Apple silicon has no L3 key, and reports its performance cores as hw.perflevel0.*). Elsewhere: {}.
+    """
     out: dict[str, int] = {}
+    if platform.system() == "Darwin":
+        for name, keys in (("L1d", ("hw.l1dcachesize", "hw.perflevel0.l1dcachesize")),
+                           ("L2", ("hw.l2cachesize", "hw.perflevel0.l2cachesize")),
+                           ("L3", ("hw.l3cachesize", "hw.perflevel0.l3cachesize"))):
+            for key in keys:
+                value = _sysctl(key)
+                if value and value.isdigit() and int(value) > 0:
+                    out[name] = int(value)
+                    break
+        return out
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     if base.is_dir():
         for idx in sorted(base.glob("index*")):
@@ -258,35 +243,78 @@ def cache_sizes() -> dict[str, int]:
                 size = (idx / "size").read_text().strip()
             except OSError:
                 continue
-            if kind == "Instruction":
+            if kind == "Instruction" or not size:
                 continue
             mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
             num = int(size[:-1]) if size[-1] in "KMG" else int(size)
-            out[f"L{level}" + ("d" if kind == "Data" else "")] = num * mult
+            if num > 0:
+                out[f"L{level}" + ("d" if kind == "Data" else "")] = num * mult
     return out
 
 
+def last_level_cache(caches: dict[str, int] | None = None) -> tuple[str, int] | None:
+    """(name, bytes) of the largest cache level the OS reports, or None when it reports none."""
+    caches = cache_sizes() if caches is None else caches
+    if not caches:
+        return None
+    name = max(caches, key=lambda k: (int(k[1]), caches[k]))
+    return name, caches[name]
+
+
+def format_bytes(n: int | None) -> str:
+    """'32 MiB', '48 KiB' — or 'unknown' for a size the OS did not report (None or 0)."""
+    if not n:
+        return "unknown"
+    if n >= 2**20:
+        return f"{n / 2**20:.3g} MiB"
+    return f"{n / 2**10:.3g} KiB"
+
+
 # --------------------------------------------------------------------------- fingerprint
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux) or platform."""
+def _cpuinfo() -> str:
+    """Text of /proc/cpuinfo ('' where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), sysctl (macOS) or platform."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    if platform.system() == "Darwin":
+        name = _sysctl("machdep.cpu.brand_string")
+        if name:
+            return name
     return platform.processor() or platform.machine()
 
 
+_MAC_FEATURES = {"hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.arm.FEAT_I8MM": "i8mm",
+                 "hw.optional.AdvSIMD": "asimd", "hw.optional.arm.FEAT_DotProd": "asimddp",
+                 "hw.optional.avx2_0": "avx2", "hw.optional.avx512f": "avx512f"}
+
+
 def cpu_flags() -> set[str]:
-    """CPU feature flags (Linux), e.g. avx512f, avx512_bf16, amx_tile."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """CPU feature flags: x86 `flags` / ARM `Features` of /proc/cpuinfo (Linux), sysctl hw.optional.* (macOS).
+
+    Names follow Linux: avx2, avx512f, avx512_bf16, amx_bf16 on x86; asimd, bf16, i8mm, sve on ARM.
+    """
+    flags: set[str] = set()
+    for line in _cpuinfo().splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("flags", "Features"):
+            flags |= set(line.split(":", 1)[1].split())
+    if not flags and platform.system() == "Darwin":
+        flags = {name for key, name in _MAC_FEATURES.items() if _sysctl(key) == "1"}
+    return flags
+
+
+def native_bf16(flags: set[str] | None = None) -> bool:
+    """Does this CPU have bf16 arithmetic instructions (x86 avx512_bf16 / amx_bf16, ARM bf16)?"""
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 @dataclass
@@ -310,7 +338,7 @@ class Fingerprint:
 
     def __str__(self) -> str:
         caches = ", ".join(f"{k} {v / 2**20:.1f} MiB" if v >= 2**20 else f"{k} {v // 1024} KiB"
-                           for k, v in self.caches.items())
+                           for k, v in self.caches.items() if v)
         return (f"CPU: {self.cpu} | {self.logical_cores} logical cores ({self.physical_cores} physical), "
                 f"torch uses {self.torch_threads} threads | RAM {self.ram_gb:.1f} GB | caches: {caches or 'unknown'} | "
                 f"SIMD: {', '.join(self.simd) or 'baseline'} | Python {self.python} | torch {self.torch} | "
@@ -320,8 +348,8 @@ class Fingerprint:
 def fingerprint(device: str = "auto") -> Fingerprint:
     """Hardware and software fingerprint of this machine."""
     flags = cpu_flags()
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "asimd", "sve")
-            if f in flags]
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "asimd", "sve",
+                        "bf16", "i8mm") if f in flags]
     dev = resolve_device(device)
     if dev.startswith("cuda"):
         dev = f"{dev} ({torch.cuda.get_device_name()})"
