@@ -203,6 +203,13 @@ def _notebook_with_figures(path, colours):
     return base64.b64decode(png) if colours else None
 
 
+def test_ci_plan_counts_lectures_and_labs():
+    runs = [_run("notebooks/01_a.ipynb", 70.0), _run("notebooks/02_b.ipynb", 60.0),
+            _run("solutions/lab_01.ipynb", 30.0)]
+    assert report.ci_plan(runs).startswith("3 notebooks ran in 160 s: within the CI plan of 175 s (2 lectures x 75 s")
+    assert "176 s: OVER the CI plan of 175 s" in report.ci_plan([dict(runs[0], seconds=86.0), *runs[1:]])
+
+
 def test_key_plot_is_the_last_figure_and_is_embedded(build_dir, tmp_path):
     last_png = _notebook_with_figures(tmp_path / "nb.ipynb", ["red", "blue"])
     plot = report.save_key_plot(tmp_path / "nb.ipynb", "notebooks-05_formats")
@@ -212,7 +219,8 @@ def test_key_plot_is_the_last_figure_and_is_embedded(build_dir, tmp_path):
     assert report.save_key_plot(nbformat_empty, "x") is None
     course.write_report([_run("notebooks/05_formats.ipynb", plot=plot)], smoke=False)
     assert "![last figure of 05\\_formats](plots/notebooks-05_formats.png)" in (build_dir / "report.md").read_text()
-    assert "<img alt=\"last figure of 05_formats\" src=\"data:image/png;base64," in (build_dir / "report.html").read_text()
+    page = (build_dir / "report.html").read_text()
+    assert '<img alt="last figure of 05_formats" src="data:image/png;base64,' in page
 
 
 def test_run_monitor_sees_the_child_memory_and_the_load():

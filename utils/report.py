@@ -100,6 +100,8 @@ def report_markdown(runs: list[dict], title: str, machine: str, results: dict, f
             _num(r.get("peak_rss_gb"), ".2f"), _num(r.get("other_cpu_cores"), ".2f"), _num(r.get("load_avg"), ".2f"),
             "⚠ " + "; ".join(flags) if flags else "")) + " |")
     md.append("")
+    if any(r.get("seconds") is not None for r in runs):
+        md += [md_escape(ci_plan(runs)) + ".", ""]
     for r in runs:
         stem = Path(r["notebook"]).stem
         plot = _plot_markdown(r, folder, embed_plots)
@@ -162,3 +164,36 @@ def save_key_plot(notebook: Path, name: str, folder: Path | None = None) -> str 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(last if isinstance(last, str) else "".join(last)))
     return str(path.relative_to(folder))
+
+
+def runs_from_stored(notebooks: list[Path]) -> list[dict]:
+    """Report rows from the committed notebooks' stored outputs (nothing is run): status and last figure only."""
+    import nbformat
+
+    runs = []
+    for path in notebooks:
+        nb = nbformat.read(str(path), as_version=4)
+        errors = [o.get("ename", "error") for c in nb.cells if c.cell_type == "code"
+                  for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        runs.append({"notebook": f"{path.parent.name}/{path.name}", "seconds": None, "peak_rss_gb": None,
+                     "ok": not errors, "error": f"stored error output: {errors[0]}" if errors else None,
+                     "output": str(path), "other_cpu_cores": None, "load_avg": None,
+                     "plot": save_key_plot(path, f"{path.parent.name}-{path.stem}")})
+    return runs
+
+
+# CI plan (README "For maintainers"): on a quiet 2-core machine the nbval execution of the lectures averages at most
+# CI_LECTURE_MEAN_S and of the solved labs CI_LAB_MEAN_S, so 15 lectures + 14 labs stay near 25 min of nbval.
+CI_LECTURE_MEAN_S = 75
+CI_LAB_MEAN_S = 25
+
+
+def ci_plan(runs: list[dict]) -> str:
+    """One line: the runs' total time against the CI plan's allowance for that many lectures and labs."""
+    labs = sum(time_budget_s(r["notebook"]) == LAB_BUDGET_S for r in runs)
+    lectures = len(runs) - labs
+    allowance = lectures * CI_LECTURE_MEAN_S + labs * CI_LAB_MEAN_S
+    total = sum(r.get("seconds") or 0 for r in runs)
+    verdict = "within" if total <= allowance else "OVER"
+    return (f"{len(runs)} notebooks ran in {total:.0f} s: {verdict} the CI plan of {allowance} s "
+            f"({lectures} lectures x {CI_LECTURE_MEAN_S} s + {labs} labs x {CI_LAB_MEAN_S} s on a quiet machine)")
