@@ -72,6 +72,10 @@ def lab(tmp_path_factory):
     _copy_notebook(WIDGET_NOTEBOOK, root / "notebooks", smoke=True)
     port, token = _free_port(), uuid.uuid4().hex
     home = tmp_path_factory.mktemp("jupyter-home")
+    # Render every cell (no windowing), so off-screen widgets are in the page; no news or update pop-ups.
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
     env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1", "JUPYTER_CONFIG_DIR": str(home / "config"),
            "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
@@ -175,7 +179,8 @@ def test_widgets_and_progress_bars_render_and_respond(lab, browser):
     state = _open_and_run_all(browser, lab, WIDGET_NOTEBOOK)
     assert state["errors"] == [], state["errors"]
     assert state["done"] == state["n"]
-    bars = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-hprogress"))
+    bars = WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-hprogress, .widget-progress"))
     assert any(b.is_displayed() for b in bars), "no tqdm progress bar is visible"
     bar_text = " ".join(b.find_element(By.XPATH, "..").text for b in bars)
     assert "contexts" in bar_text or "variants" in bar_text, bar_text
