@@ -196,4 +196,5 @@ def ci_plan(runs: list[dict]) -> str:
     total = sum(r.get("seconds") or 0 for r in runs)
     verdict = "within" if total <= allowance else "OVER"
     return (f"{len(runs)} notebooks ran in {total:.0f} s: {verdict} the CI plan of {allowance} s "
-            f"({lectures} lectures x {CI_LECTURE_MEAN_S} s + {labs} labs x {CI_LAB_MEAN_S} s on a quiet machine)")
+            f"({lectures} lecture{'s' * (lectures != 1)} x {CI_LECTURE_MEAN_S} s + {labs} lab{'s' * (labs != 1)} x "
+            f"{CI_LAB_MEAN_S} s on a quiet machine)")
