@@ -70,16 +70,19 @@ test: assets
 	@$(MAKE) --no-print-directory check
 
 # Lint, unit tests, lab checks, nbval (the one full execution of every notebook, which also writes
-# build/report.html with each notebook's runtime against its budget), then the browser tier.
+# build/report.html with each notebook's runtime against its budget), then the browser tier (which runs even
+# when the first part failed, so one CI run shows every failure).
 # Narrow it with e.g.  make check TESTS=tests/test_results.py NOTEBOOKS=notebooks/00_welcome_and_setup.ipynb
 TESTS         ?= tests
 NOTEBOOKS     ?= notebooks solutions
 BROWSER_TESTS ?= tests/test_browser.py
 check:
 	$(BIN)/ruff check utils tests conftest.py
+	@status=0; set -x; \
 	$(BIN)/python -m pytest $(TESTS) $(NOTEBOOKS) -m "not browser" \
-	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg --durations=25
-	$(BIN)/python -m pytest $(BROWSER_TESTS) -m browser
+	  --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg --durations=25 || status=$$?; \
+	$(BIN)/python -m pytest $(BROWSER_TESTS) -m browser || status=$$((status ? status : $$?)); \
+	exit $$status
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=. $(ROOT_FLAG)
