@@ -1,4 +1,19 @@
-"""Root pytest configuration: applies to the tests and to nbval's notebook items alike."""
+"""Root pytest configuration: applies to the tests and to nbval's notebook items alike.
+
+With --nbval it also times each notebook's execution (kernel start to shutdown), its kernel's peak memory and the
+machine's load while it ran, and writes build/report.{md,html,json} at the end, so `make test` shows every notebook
+against its budget (utils.report) like `make course` does. Figures in that report are the stored ones.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+_runs: dict[str, dict] = {}
+_active: dict = {}
 
 
 def pytest_collection_modifyitems(items):
@@ -7,3 +22,62 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if hasattr(item, "output_timeout"):
             item.output_timeout = 60
+
+
+def _notebook_of(item) -> Path | None:
+    """The notebook file of an nbval cell item, else None."""
+    return Path(str(item.parent.path)) if hasattr(item, "output_timeout") and item.parent is not None else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    path = _notebook_of(item)
+    if path is not None and _active.get("path") != path:
+        from utils.course import RunMonitor
+
+        monitor = RunMonitor()
+        monitor.__enter__()
+        _active.update(path=path, monitor=monitor, t0=time.perf_counter(), error=None)
+    yield
+
+
+def pytest_runtest_logreport(report):
+    if _active and report.failed and _active["error"] is None and "::" in report.nodeid:
+        if Path(report.nodeid.split("::")[0]).name == _active["path"].name:
+            _active["error"] = f"nbval: {report.nodeid.split('::', 1)[1]} ({report.when}) failed"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    path = _notebook_of(item)
+    if path is None or not _active or _active["path"] != path:
+        return
+    if nextitem is not None and _notebook_of(nextitem) == path:
+        return
+    from utils.report import save_key_plot
+
+    monitor = _active["monitor"]
+    monitor.__exit__(None, None, None)
+    rel = f"{path.parent.name}/{path.name}"
+    try:
+        plot = save_key_plot(path, f"{path.parent.name}-{path.stem}")
+    except Exception:  # a notebook nbval could read always has a readable file; never fail the run over a figure
+        plot = None
+    _runs[rel] = {"notebook": rel, "seconds": round(time.perf_counter() - _active["t0"], 1), **monitor.summary(),
+                  "ok": _active["error"] is None, "error": _active["error"], "output": str(path), "plot": plot}
+    _active.clear()
+
+
+def pytest_sessionfinish(session):
+    if not _runs:
+        return
+    from utils.report import budget_flags, ci_plan, write_report
+
+    _, page = write_report(list(_runs.values()), title="Doing More With Less — course report (nbval run)")
+    flagged = {r["notebook"]: budget_flags(r) for r in _runs.values() if budget_flags(r)}
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\nnbval: {ci_plan(list(_runs.values()))}; per notebook: {page}")
+        for nb, flags in flagged.items():
+            reporter.write_line(f"  {nb}: {'; '.join(flags)}")

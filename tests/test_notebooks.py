@@ -1,7 +1,8 @@
-"""Every lecture notebook and solved lab runs top to bottom with SMOKE=True (tiny sizes).
+"""Notebook anatomy (every notebook), and the papermill parameter injection on a fixed, cheap SMOKE subset.
 
-The full-size run with stored-output comparison is nbval's job (`make test` passes notebooks/ and solutions/
-to pytest with --nbval).
+The one full execution of every notebook is nbval's (`make test` passes notebooks/ and solutions/ to pytest with
+--nbval: default parameters, stored outputs compared). Running every notebook a second time at SMOKE here doubled
+CI time without checking anything nbval does not; `make smoke` still runs them all with SMOKE=True.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import pytest
 from utils.course import course_notebooks, run_notebook
 
 NOTEBOOKS = course_notebooks()
+# A fixed, cheap subset: one lecture and one lab whose SMOKE runs were among the cheapest measured (11: 21 s, with a
+# tiny LM trained on DEVICE; lab 10: 8 s; with a load average ~2.5, README "For maintainers"), so the injected
+# parameters reach real code paths without re-running the course.
+SMOKE_SUBSET = ("11_data_curation", "lab_10_tokenization")
 
 
 def test_course_has_notebooks():
@@ -34,10 +39,21 @@ def test_notebook_anatomy(path):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
+def test_smoke_subset_exists():
+    assert {p.stem for p in NOTEBOOKS} >= set(SMOKE_SUBSET)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_smoke_run(path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in SMOKE_SUBSET], ids=lambda p: p.stem)
+def test_smoke_run_injects_parameters(path, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path / "build"))
-    run = run_notebook(path, smoke=True, out_dir=tmp_path)
+    run = run_notebook(path, smoke=True, out_dir=tmp_path, parameters={"DEVICE": "cpu"})
     assert run["ok"], run["error"]
+    nb = nbformat.read(run["output"], as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    injected = [i for i, t in enumerate(tags) if "injected-parameters" in t]
+    params = [i for i, t in enumerate(tags) if "parameters" in t]
+    assert len(injected) == 1 and injected[0] == params[0] + 1, "papermill must inject right after `parameters`"
+    source = nb.cells[injected[0]].source
+    assert "SMOKE = True" in source and 'DEVICE = "cpu"' in source, source
     print(json.dumps({k: run[k] for k in ("notebook", "seconds", "peak_rss_gb")}))

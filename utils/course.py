@@ -5,14 +5,13 @@
     python -m utils.course --only 01  # notebooks whose name contains "01"
     python -m utils.course --store --only 01   # maintainers: store fresh outputs in the committed notebooks
 
-Source notebooks are never modified (except with --store): executed copies go to build/executed/.
+Source notebooks are never modified (except with --store): executed copies go to build/executed/, each one's last
+figure to build/plots/, the report (utils.report) to build/report.{md,html,json}.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
-import json
 import os
 import sys
 import threading
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from .results import REPO_ROOT, build_dir, fmt, load_all
+from .report import budget_flags, save_key_plot, write_report
+from .results import REPO_ROOT, build_dir
 
 NOTEBOOK_DIRS = ("notebooks", "solutions")
 
@@ -34,26 +34,51 @@ def course_notebooks(only: str | None = None) -> list[Path]:
     return [p for p in out if not only or only in p.name]
 
 
-class _ChildPeak:
-    """Peak resident memory of this process's children (the Jupyter kernel) while a notebook runs."""
+class RunMonitor:
+    """While a notebook runs: peak resident memory of this process's children (the Jupyter kernel), the 1-minute
+    load average, and how many cores *other* processes used (system CPU time minus this process tree's)."""
 
     def __init__(self, interval: float = 0.05):
         self.interval, self.peak = interval, 0
         self._stop = threading.Event()
+        self._loads: list[float] = []
+
+    @staticmethod
+    def _busy_seconds() -> float:
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)   # already counted in user time
+        return sum(t) - idle - guest
+
+    def _tree_cpu(self) -> None:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    c = p.cpu_times()
+                    self._cpu[p.pid] = c.user + c.system
+                    if p.pid != me.pid:
+                        total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
 
     def _run(self):
-        me = psutil.Process()
+        last_load = 0.0
         while not self._stop.is_set():
-            total = 0
-            for c in me.children(recursive=True):
-                try:
-                    total += c.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self._tree_cpu()
+            now = time.monotonic()
+            if now - last_load >= 1.0:
+                self._loads.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
+                last_load = now
             self._stop.wait(self.interval)
 
     def __enter__(self):
+        self._cpu: dict[int, float] = {}
+        self._tree_cpu()
+        self._cpu0 = dict(self._cpu)
+        self._busy0, self._t0 = self._busy_seconds(), time.monotonic()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
@@ -61,26 +86,46 @@ class _ChildPeak:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+        self._tree_cpu()
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        own = sum(v - self._cpu0.get(pid, 0.0) for pid, v in self._cpu.items())
+        self.other_cpu_cores = max(0.0, (self._busy_seconds() - self._busy0 - own) / wall)
+        loads = [x for x in self._loads if x == x]
+        self.load_avg = sum(loads) / len(loads) if loads else None
+
+    def summary(self) -> dict:
+        """{peak_rss_gb, other_cpu_cores, load_avg} of the finished run, rounded."""
+        return {"peak_rss_gb": round(self.peak / 1e9, 2), "other_cpu_cores": round(self.other_cpu_cores, 2),
+                "load_avg": None if self.load_avg is None else round(self.load_avg, 2)}
 
 
-def run_notebook(src: Path, smoke: bool = False, out_dir: Path | None = None, timeout: int = 1800) -> dict:
-    """Execute one notebook with papermill; returns {notebook, seconds, peak_rss_gb, ok, error, output}."""
+def run_notebook(src: Path, smoke: bool = False, out_dir: Path | None = None, timeout: int = 1800,
+                 parameters: dict | None = None) -> dict:
+    """Execute one notebook with papermill; returns {notebook, seconds, peak_rss_gb, ok, error, output,
+    other_cpu_cores, load_avg, plot} (plot: its last figure saved under build/plots/, or None)."""
     import papermill as pm
 
     out_dir = out_dir or build_dir() / ("executed-smoke" if smoke else "executed") / src.parent.name
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / src.name
-    params = {"SMOKE": True} if smoke else {}
+    params = {**({"SMOKE": True} if smoke else {}), **(parameters or {})}
     t0 = time.perf_counter()
     error = None
-    with _ChildPeak() as peak:
+    with RunMonitor() as mon:
         try:
             pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(src.parent),
                                 progress_bar=False, execution_timeout=timeout)
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    return {"notebook": f"{src.parent.name}/{src.name}", "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_gb": round(peak.peak / 1e9, 2), "ok": error is None, "error": error, "output": str(out)}
+    seconds = round(time.perf_counter() - t0, 1)
+    plot = None
+    if out.is_file():
+        try:
+            plot = save_key_plot(out, f"{src.parent.name}-{src.stem}")
+        except Exception:  # a notebook papermill could not even write has no figure to show
+            plot = None
+    return {"notebook": f"{src.parent.name}/{src.name}", "seconds": seconds, **mon.summary(),
+            "ok": error is None, "error": error, "output": str(out), "plot": plot}
 
 
 def clean_metadata(nb) -> None:
@@ -104,70 +149,6 @@ def store_outputs(run: dict, src: Path) -> None:
     nbformat.write(nb, str(src))
 
 
-def write_report(runs: list[dict], smoke: bool) -> tuple[Path, Path]:
-    """build/report.md and build/report.html: runtime, peak memory and key results of every notebook."""
-    from .measure import fingerprint
-
-    fp = fingerprint()
-    results = load_all()
-    title = "Doing More With Less — course report" + (" (SMOKE run: tiny sizes)" if smoke else "")
-    md = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} on: {fp}", "",
-          "| notebook | status | runtime (s) | peak memory (GB) |", "|---|---|---|---|"]
-    for r in runs:
-        status = "ok" if r["ok"] else f"FAILED: {r['error']}"
-        md.append(f"| {r['notebook']} | {status} | {r['seconds']} | {r['peak_rss_gb']} |")
-    md.append("")
-    for r in runs:
-        stem = Path(r["notebook"]).stem
-        if stem in results:
-            md += [f"## {stem}", "", "| result | value |", "|---|---|"]
-            md += [f"| {k} | {fmt(v)} |" for k, v in results[stem]["results"].items()]
-            if results[stem].get("notes"):
-                md += ["", results[stem]["notes"]]
-            md.append("")
-    build = build_dir()
-    build.mkdir(parents=True, exist_ok=True)
-    md_path = build / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
-    (build / "report.json").write_text(json.dumps({"fingerprint": fp.as_dict(), "runs": runs,
-                                                   "results": {k: v["results"] for k, v in results.items()}},
-                                                  indent=1))
-    html_path = build / "report.html"
-    html_path.write_text(_md_tables_to_html(md, title))
-    return md_path, html_path
-
-
-def _md_tables_to_html(lines: list[str], title: str) -> str:
-    body, in_table = [], False
-    for line in lines:
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                body.append("<table>")
-                body.append("<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
-                in_table = True
-            else:
-                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#eee}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     p = argparse.ArgumentParser(prog="python -m utils.course", description=__doc__.splitlines()[0])
@@ -187,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     for nb in nbs:
         print(f"running {nb.parent.name}/{nb.name} ...", flush=True)
         r = run_notebook(nb, smoke=args.smoke)
+        flags = [f for f in budget_flags(r) if f != "FAILED"]
         print(f"  {'ok' if r['ok'] else 'FAILED'} in {r['seconds']} s, peak {r['peak_rss_gb']} GB"
-              + (f"  {r['error']}" if r["error"] else ""), flush=True)
+              + (f"  {r['error']}" if r["error"] else "") + (f"  [{'; '.join(flags)}]" if flags else ""), flush=True)
         runs.append(r)
         if args.store and r["ok"]:
             store_outputs(r, nb)
