@@ -168,6 +168,7 @@ class Exercise:
     number: int
     check_source: str
     points: float = 1.0
+    cell_id: str = ""
 
 
 def lab_number(name: str) -> int | None:
@@ -215,7 +216,7 @@ def exercises(solution: Path) -> list[Exercise]:
             if k in found:
                 raise LabSourceError(f"{solution.name}, cell {i}: a second check cell for exercise {k}")
             points = cell.metadata.get("nbgrader", {}).get("points", 1)
-            found[k] = Exercise(k, cell.source.strip(), float(points))
+            found[k] = Exercise(k, cell.source.strip(), float(points), cell.get("id", ""))
     if not found:
         raise LabSourceError(f"{solution.name} has no check cells (labNN.check_K(...))")
     return [found[k] for k in sorted(found)]

@@ -111,10 +111,10 @@ class ModuleGuard:
             strict = obj in self.strict.values() or isinstance(obj, type) and obj not in self.loose
             skip = _IPYTHON_BUILTINS if obj is builtins else set()
             for key, value in attrs.items():
-                if key in skip:
+                if key in skip or key in now and (now[key] is value or not strict
+                                                  and _library_wrapper(now[key], value)):
                     continue
-                if key not in now or now[key] is not value:
-                    found.append(f"{label}.{key}")
+                found.append(f"{label}.{key}")
             if strict:
                 found += [f"{label}.{key} (added)" for key in now if key not in attrs and not key.startswith("__")
                           and not self._is_submodule(obj, key, now[key])]
@@ -154,6 +154,12 @@ class ModuleGuard:
 
 
 _MISSING = object()
+
+
+def _library_wrapper(new, old) -> bool:
+    """A library's own wrapper of a function (e.g. torch._dynamo wraps torch.manual_seed when it is imported)."""
+    code = getattr(new, "__code__", None)
+    return getattr(new, "__wrapped__", None) is old and code is not None and os.path.isfile(code.co_filename)
 
 
 def child_preexec(max_bytes: int):
