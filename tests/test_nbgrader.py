@@ -124,3 +124,12 @@ def test_nbgrader_metadata_is_deterministic_and_complete(tmp_path):
 def test_solutions_carry_the_nbgrader_metadata(tmp_path):
     stale = [sol.name for sol in labs.solutions() if labs._dumps(_with_metadata(sol)) != sol.read_text()]
     assert stale == [], "run `python -m utils.labs --nbgrader-metadata` and commit solutions/ and labs/"
+
+
+def test_prepare_lays_out_one_assignment_per_lab(tmp_path):
+    from utils import nbgrader_course
+
+    written = nbgrader_course.prepare(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == sorted(
+        f"source/{s.stem}/{s.name}" for s in labs.solutions())
+    assert all(p.read_bytes() == (REPO_ROOT / "solutions" / p.name).read_bytes() for p in written)

@@ -166,6 +166,9 @@ def child_preexec(max_bytes: int):
     """A preexec_fn for subprocess: its own process group and the memory cap."""
     def _pre():
         os.setsid()
-        limit_memory(max_bytes)
+        try:
+            limit_memory(max_bytes)
+        except (ValueError, OSError):  # macOS does not enforce RLIMIT_AS: the cap is Linux-only
+            pass
 
     return _pre
