@@ -133,3 +133,15 @@ def test_prepare_lays_out_one_assignment_per_lab(tmp_path):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == sorted(
         f"source/{s.stem}/{s.name}" for s in labs.solutions())
     assert all(p.read_bytes() == (REPO_ROOT / "solutions" / p.name).read_bytes() for p in written)
+
+
+def test_a_check_under_the_wrong_heading_is_refused(tmp_path):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    nb = new_notebook(cells=[new_markdown_cell("## Exercise 1"), new_code_cell(f"{labs.BEGIN}\nx = 1\n{labs.END}"),
+                             new_code_cell("lab99.check_2(x)")])
+    path = tmp_path / "lab_99_demo.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(labs.LabSourceError, match="check_2 sits under the heading of exercise 1"):
+        labs.exercises(path)
+    assert labs.lab_number("lab_07_x.ipynb") == 7 and labs.lab_number("notes.ipynb") is None
