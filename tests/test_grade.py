@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 import sys
 
 import nbformat
@@ -280,3 +281,24 @@ def test_guard_detects_and_undoes_a_patch():
     assert checking.expect_close is original_close and torch.allclose is original_allclose
     assert guard.changes() == []
 
+
+
+def test_sockets_are_refused_inside_the_child_process():
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from utils import sandbox; sandbox.block_sockets()\n"
+            "import _socket, socket\n"
+            "for f in (lambda: _socket.socket(), lambda: socket.create_connection(('1.1.1.1', 80), timeout=2),\n"
+            "          lambda: socket.socket().connect(('1.1.1.1', 80)), lambda: socket.getaddrinfo('x.org', 80)):\n"
+            "    try:\n        f()\n        print('open')\n"
+            "    except sandbox.NetworkBlocked:\n        print('blocked')\n")
+    run = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT)], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["blocked"] * 4, run.stderr
+
+
+def test_the_network_namespace_has_no_network():
+    prefix = sandbox.network_namespace_prefix()
+    if not prefix:
+        pytest.skip("unshare cannot make a network namespace here (the in-process block still applies)")
+    code = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=5)\nexcept OSError as e:\n" \
+           "    print('no network:', e)"
+    run = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.startswith("no network:"), run.stdout + run.stderr

@@ -57,11 +57,19 @@ def _refuse(*args, **kwargs):
 
 
 def block_sockets() -> None:
-    """Make socket connect/bind/send and name lookups raise NetworkBlocked (a deterrent inside the process)."""
+    """Make socket connect/bind/send, new `_socket` sockets and name lookups raise NetworkBlocked.
+
+    A deterrent inside the process (code can still reach the C type through socket.socket's bases): the real
+    barrier is the empty network namespace of `network_namespace_prefix`.
+    """
+    import _socket
+
     for name in ("connect", "connect_ex", "bind", "sendto", "sendmsg"):
         setattr(socket.socket, name, _refuse)
     for name in ("create_connection", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "create_server"):
         setattr(socket, name, _refuse)
+    for name in ("socket", "getaddrinfo", "gethostbyname", "gethostbyname_ex"):
+        setattr(_socket, name, _refuse)
 
 
 def time_limit(seconds: float) -> None:
