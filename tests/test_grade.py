@@ -20,7 +20,7 @@ from utils.results import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the grader's limits (RLIMIT_AS, unshare) are Linux's")
 SOLUTION = REPO_ROOT / "solutions" / "lab_10_tokenization.ipynb"
-LIMITS = dict(timeout=150, cell_timeout=10, memory_gb=3.0, smoke=True)
+LIMITS = dict(timeout=180, cell_timeout=20, memory_gb=3.0, smoke=True)
 
 WRONG_A = {  # exercises 3, 4, 6, 7 wrong; 1, 2, 5 right
     3: '''def train(text, vocab_size):
@@ -92,7 +92,8 @@ def flops_per_byte(vocab_size, bytes_per_tok, n_body, d_model):
     return 0.0''',
 }
 ABUSE = {  # 1: loops forever; 2: allocates until the cap; 3 and 6: network; 7: replaces the course's check; 4 right
-    1: "def count_pairs(words):\n    while True:\n        pass",
+    1: "import time\n\ndef count_pairs(words):\n    while True:  # forever (asleep, to spare the CPU)\n"
+       "        time.sleep(0.05)",
     2: '''def merge(ids, pair, new_id):
     hog = []
     while True:
