@@ -13,7 +13,7 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 export JUPYTER_PLATFORM_DIRS = 1
 
-.PHONY: help setup torch-choice assets course smoke test check lab labs lint clean
+.PHONY: help setup torch-choice assets course smoke test check lab labs lint clean grade
 
 help:
 	@echo "make course  - set up, fetch assets, execute every notebook into build/, write build/report.html"
@@ -89,6 +89,13 @@ lab: setup
 
 labs: setup
 	$(BIN)/python -m utils.labs
+
+SUBMISSIONS ?=
+LAB ?=
+grade:
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder/ [LAB=10]"; exit 2; }
+	@$(MAKE) --no-print-directory assets
+	$(BIN)/python -m utils.grade "$(SUBMISSIONS)" $(if $(LAB),--lab $(LAB))
 
 lint: setup
 	$(BIN)/ruff check utils tests conftest.py
