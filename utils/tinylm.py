@@ -33,10 +33,13 @@ other jobs were running, load average 2.1-2.7 on 2 cores, so times are pessimist
   loss on 128 fixed windows at (step, training seconds at load ~2.3): (37, 21 s) 2.63, (74, 57 s) 2.25,
   (111, 94 s) 2.06, (148, 110 s) 1.96, (185, 127 s) 1.87, (222, 143 s) 1.82, (259, 159 s) 1.78,
   (300, 192 s) 1.75 nats/byte — past the trigram (1.98) by 0.23, not yet the 4-gram. At 6,400 tokens/s under
-  that load the run took 192 s; on a quiet machine (10,000 tokens/s) 300 steps take about 125 s, and a
-  lecture's 60-90 s buys about 200 steps.
-- So one Shakespeare run can beat the trigram inside a lecture; four variants x three seeds cannot (12 such
-  runs take about 25 minutes even on a quiet machine). Compare architectures on `utils.synthetic` (MQAR,
+  that load the run took 192 s; on a quiet machine (10,000 tokens/s) 300 steps take about 125 s.
+- The same recipe with 200 steps, what a lecture's 60-90 s buys: (25, 10 s) 2.99, (50, 21 s) 2.53,
+  (75, 30 s) 2.35, (100, 40 s) 2.20, (125, 50 s) 2.09, (150, 60 s) 2.03, (175, 72 s) 1.98, (200, 83 s) 1.95
+  nats/byte at 9,900 tokens/s (load ~2.0): only 0.03 past the trigram — a tie, not a clear margin.
+- So inside a 90 s lecture budget one Shakespeare run only ties the trigram on this machine; a clear margin
+  (1.75) takes about two minutes. Four variants x three seeds cannot fit (12 runs of 300 steps take about
+  25 minutes even on a quiet machine). Compare architectures on `utils.synthetic` (MQAR,
   factual capacity), where a variant-seed takes seconds, or on the real model; keep Shakespeare runs for what
   one or two runs show.
 """
@@ -482,7 +485,8 @@ class Recipe:
         return model, train(model, train_data, val_data, **{**kw, **train_kwargs})
 
 
-SHAKESPEARE_RECIPE = Recipe()   # d=128, 4 layers, context 128, batch 32, 300 steps: 1.75 nats/byte (docstring)
+# d=128, 4 layers, context 128, batch 32, 300 steps: 1.75 nats/byte in ~125 s on a quiet machine (module docstring)
+SHAKESPEARE_RECIPE = Recipe()
 
 @torch.no_grad()
 def generate(model: nn.Module, prompt_ids: torch.Tensor, n_new: int, temperature: float = 0.0,
