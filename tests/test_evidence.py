@@ -180,6 +180,15 @@ def test_compare_models_gives_aligned_nll_and_exact_kl(tiny, stream):
     torch.testing.assert_close(ev.token_kl(m0, m1, stream, window=16), kl)
 
 
+def test_scoring_leaves_the_grad_mode_alone(tiny, stream):
+    m0, m1 = tiny
+    ev.compare_models(m0, m1, stream, window=16)
+    it = ev.iter_logprobs(m0, stream, window=16)
+    _, lp = next(it)                      # a generator left half-consumed must not leave no_grad switched on
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and not lp.requires_grad
+    del it
+
+
 # --------------------------------------------------------------------------- seeds
 def test_paired_seeds_and_seed_interval():
     assert ev.paired_seeds() == [0, 1, 2] and ev.paired_seeds(4, base=10) == [10, 11, 12, 13]
