@@ -76,7 +76,9 @@ class Interval:
         hw = self.half_width
         if not math.isfinite(hw) or hw <= 0:
             return 4
-        return int(min(6, max(0, 1 - math.floor(math.log10(hw)))))
+        d = -math.floor(math.log10(hw))
+        d += hw * 10.0**d < 2  # show the half-width with one digit, two when it starts with a 1
+        return int(min(6, max(0, d)))
 
     def __format__(self, spec: str) -> str:
         spec = spec or f".{self._decimals()}f"
