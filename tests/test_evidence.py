@@ -32,7 +32,9 @@ def paired_series(n: int, delta: float, phi: float, seed: int) -> tuple[np.ndarr
 
 def test_interval_formats_with_minus_signs_and_level():
     iv = ev.Interval(-0.012, -0.020, -0.004, 0.95)
-    assert str(iv) == "\u22120.0120 [\u22120.0200, \u22120.0040] (95%)"
+    assert str(iv) == "\u22120.012 [\u22120.020, \u22120.004] (95%)"
+    assert str(ev.Interval(0.45, 0.434, 0.466, 0.9)) == "0.450 [0.434, 0.466] (90%)"
+    assert str(ev.Interval(0.45, 0.42, 0.48, 0.95)) == "0.45 [0.42, 0.48] (95%)"
     assert f"{iv:.3f}" == "\u22120.012 [\u22120.020, \u22120.004] (95%)"
     assert iv.half_width == pytest.approx(0.008) and iv.contains(-0.01) and not iv.contains(0.0)
     with pytest.raises(AttributeError):
@@ -178,6 +180,15 @@ def test_compare_models_gives_aligned_nll_and_exact_kl(tiny, stream):
     _, _, kl_self = ev.compare_models(m0, m0, stream, window=16)
     assert kl_self.abs().max() < 1e-6
     torch.testing.assert_close(ev.token_kl(m0, m1, stream, window=16), kl)
+
+
+def test_scoring_leaves_the_grad_mode_alone(tiny, stream):
+    m0, m1 = tiny
+    ev.compare_models(m0, m1, stream, window=16)
+    it = ev.iter_logprobs(m0, stream, window=16)
+    _, lp = next(it)                      # a generator left half-consumed must not leave no_grad switched on
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and not lp.requires_grad
+    del it
 
 
 # --------------------------------------------------------------------------- seeds

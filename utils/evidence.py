@@ -76,7 +76,9 @@ class Interval:
         hw = self.half_width
         if not math.isfinite(hw) or hw <= 0:
             return 4
-        return int(min(6, max(0, 1 - math.floor(math.log10(hw)))))
+        d = -math.floor(math.log10(hw))
+        d += hw * 10.0**d < 2  # show the half-width with one digit, two when it starts with a 1
+        return int(min(6, max(0, d)))
 
     def __format__(self, spec: str) -> str:
         spec = spec or f".{self._decimals()}f"
@@ -319,19 +321,20 @@ def iter_logprobs(model, ids, window: int = WINDOW, stride: int | None = None,
         device = torch.device("cpu")
     keep = window - 1 if stride is None else stride
     cols = torch.arange(window)
-    with torch.inference_mode():
-        for i in range(0, starts.numel(), batch_size):
-            s = starts[i:i + batch_size]
-            x = ids[s[:, None] + cols]
-            logp = torch.log_softmax(_logits(model, x.to(device))[:, :-1].float(), dim=-1)  # predicts tokens 1..W-1
+    for i in range(0, starts.numel(), batch_size):
+        s = starts[i:i + batch_size]
+        with torch.no_grad():  # scoped per batch: a grad mode held across `yield` would leak into the caller
+            logits = _logits(model, ids[s[:, None] + cols].to(device))
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts tokens 1..window-1
+            del logits
             if stride is None or i > 0:
-                pos = s[:, None] + torch.arange(window - keep, window)
-                yield pos.flatten(), logp[:, -keep:].reshape(-1, logp.size(-1))
-            else:  # the first window is scored in full, the others in batch only their last `stride` tokens
-                pos0 = torch.arange(1, window)
-                pos = s[1:, None] + torch.arange(window - keep, window)
-                lp = [logp[0], logp[1:, -keep:].reshape(-1, logp.size(-1))]
-                yield torch.cat([pos0, pos.flatten()]), torch.cat(lp)
+                pos = (s[:, None] + torch.arange(window - keep, window)).flatten()
+                logp = logp[:, -keep:].reshape(-1, logp.size(-1))
+            else:  # the first window is scored in full, the others in the batch only their last `stride` tokens
+                rest = (s[1:, None] + torch.arange(window - keep, window)).flatten()
+                pos = torch.cat([torch.arange(1, window), rest])
+                logp = torch.cat([logp[0], logp[1:, -keep:].reshape(-1, logp.size(-1))])
+        yield pos, logp
 
 
 def token_nll(model, ids, window: int = WINDOW, stride: int | None = None,
