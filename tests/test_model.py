@@ -25,7 +25,7 @@ def test_loads_once_per_process(smol):
 
 def test_perplexity_is_finite_and_sane(smol):
     m, tok = smol
-    _, val = corpora.python_docs_split()
+    _, val = corpora.docs_split()
     ppl = model.perplexity(m, tok(val)["input_ids"], window=256, max_windows=4)
     assert math.isfinite(ppl) and 3 < ppl < 60, ppl
     # shuffled tokens are far less predictable than real text

@@ -95,7 +95,7 @@ def test_quantized_perplexities_are_finite_and_ordered(smol):
     model, tok = smol
     lins = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
     orig = {n: m.weight.detach().clone() for n, m in lins.items()}
-    ids = torch.tensor(tok(corpora.python_docs_split()[1])["input_ids"][: 2 * 256])
+    ids = torch.tensor(tok(corpora.docs_split()[1])["input_ids"][: 2 * 256])
 
     def ppl_with(fn):
         for n, lin in lins.items():

@@ -17,7 +17,6 @@ NOTEBOOKS = sorted([*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "solutions")
 # Known failures, to be fixed when these notebooks switch to the pinned corpora (issue 12). strict: the test
 # fails as soon as a notebook is clean, so the mark cannot outlive the problem.
 KNOWN_BAD = {
-    "notebooks/00_welcome_and_setup.ipynb": "prints the absolute asset folder",
     "notebooks/11_data_curation.ipynb": "its corpus names the machine's site-packages",
 }
 
