@@ -125,3 +125,25 @@ def test_s_curve_formula_matches_fineweb_quotes():
     # FineWeb, arXiv:2406.17557 §3.4: 56 / 77 / 92 / 98.8 % at s = 0.70 / 0.75 / 0.80 / 0.85 with 14 bands × 8 rows
     got = NB["s_curve"]([0.70, 0.75, 0.80, 0.85], 14, 8)
     np.testing.assert_allclose(got, [0.565, 0.772, 0.924, 0.988], atol=0.002)
+
+
+def test_minhash_lsh_finds_the_vendored_copies_that_exact_hashing_misses():
+    """Ground truth from the pinned code corpus: pip's vendored copy ↔ the upstream file at the same version.
+
+    Exact hashing finds only the byte-identical pairs; every pair that differs only by pip's import rewriting is
+    a near-duplicate that FineWeb's 14 × 8 on character 5-grams must propose, and their Jaccard must be high.
+    """
+    code = corpora.code_corpus()
+    pairs = [p for p in corpora.vendored_pairs() if p.match != "identical"]
+    assert {p.match for p in pairs} == {"imports", "patched"}
+    assert all(code[p.vendored] != code[p.upstream] for p in pairs)
+    paths = sorted({x for p in pairs for x in (p.vendored, p.upstream)})
+    idx = {x: i for i, x in enumerate(paths)}
+    ids = [NB["shingle_ids"](code[x], 5, "char") for x in paths]
+    a, b = NB["make_permutations"](112, seed=3)
+    cand = NB["lsh_candidates"](np.stack([NB["minhash"](x, a, b) for x in ids]), 14, 8)
+    for p in pairs:
+        if p.match == "imports":
+            i, j = sorted((idx[p.vendored], idx[p.upstream]))
+            assert NB["jaccard_ids"](ids[i], ids[j]) > 0.8, p
+            assert (i, j) in cand, p

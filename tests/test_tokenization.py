@@ -78,7 +78,7 @@ def test_incremental_equals_recounting():
 def test_encode_matches_library_and_decode_round_trips():
     tok = _tokenizer()
     lib = bpe.to_tokenizers(tok.merges)
-    text = corpora.shakespeare_split("modern")[1][:50_000] + corpora.python_docs_split()[1][:20_000]
+    text = corpora.shakespeare_split("modern")[1][:50_000] + corpora.docs_split()[1][:20_000]
     ids = tok.encode(text)
     assert ids == lib.encode(text).ids
     assert tok.decode(ids) == text == lib.decode(ids)
@@ -180,7 +180,7 @@ def test_notebook_bpe_agrees_with_utils():
         text, 1200, tie_break="tokenizers")
     assert nb["merge"]([5, 5, 5], (5, 5), 256) == bpe.merge_pair([5, 5, 5], (5, 5), 256) == [256, 5]
     ours, ref = nb["ByteBPE"](merges), bpe.BPETokenizer(merges)
-    sample = corpora.python_docs_split()[1][:20_000] + text[-2000:]
+    sample = corpora.docs_split()[1][:20_000] + text[-2000:]
     ids = ours.encode(sample)
     assert ids == ref.encode(sample) == nb["library_from_merges"](merges).encode(sample).ids
     assert ours.decode(ids) == ref.decode(ids) == sample
