@@ -106,7 +106,7 @@ def test_compare_alternates_the_order_of_a_and_b():
 def test_compare_on_real_sleeps_sees_which_is_slower():
     import time
 
-    c = timing.compare(lambda: time.sleep(0.004), lambda: time.sleep(0.001), rounds=7, warmup=0, check_busy=False)
+    c = timing.compare(lambda: time.sleep(0.05), lambda: time.sleep(0.01), rounds=7, warmup=0, check_busy=False)
     assert c.low > 1.5
 
 
