@@ -16,9 +16,7 @@ NOTEBOOKS = sorted([*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "solutions")
 
 # Known failures, to be fixed when these notebooks switch to the pinned corpora (issue 12). strict: the test
 # fails as soon as a notebook is clean, so the mark cannot outlive the problem.
-KNOWN_BAD = {
-    "notebooks/11_data_curation.ipynb": "its corpus names the machine's site-packages",
-}
+KNOWN_BAD: dict[str, str] = {}   # notebook -> reason, for a known failure being fixed (marked xfail, strict)
 
 _HOME = str(Path.home())
 PATTERNS = {
