@@ -31,6 +31,8 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(MAKE) --no-print-directory torch-choice TORCH_CHOICE_INSTALL=1
 	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
+	@$(BIN)/python -c "import torch; print('torch', torch.__version__, 'installed; CUDA', \
+	  torch.version.cuda if torch.version.cuda else 'none (CPU build)')"
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -53,8 +55,6 @@ torch-choice:
 	echo "torch $(TORCH_PIN) from $${idx:-the configured pip index}: $$why"; \
 	if [ -n "$(TORCH_CHOICE_INSTALL)" ]; then \
 	  $(BIN)/python -m pip install -q --no-deps torch==$(TORCH_PIN) $${idx:+--index-url $$idx} || exit 1; \
-	  $(BIN)/python -c "import torch; print('torch', torch.__version__, 'installed;', \
-	    'CUDA', torch.version.cuda if torch.version.cuda else 'none (CPU build)')"; \
 	fi
 
 assets: setup
