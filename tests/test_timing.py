@@ -262,8 +262,12 @@ def test_old_names_stay_importable_from_measure():
     from utils.measure import Timing as MeasureTiming
     from utils.measure import benchmark, compare, fit_decode_cost, synchronize
 
-    assert MeasureTiming is Timing and benchmark is timing.benchmark and compare is timing.compare
-    assert fit_decode_cost is timing.fit_decode_cost and synchronize is timing.synchronize
+    # Defined in utils.timing, re-exported by utils.measure. Compared by module and name, not identity: the grader's
+    # sandbox tests (tests/test_grade.py) swap utils.* entries of sys.modules, so a later import may be a fresh copy.
+    for obj, name in [(MeasureTiming, "Timing"), (benchmark, "benchmark"), (compare, "compare"),
+                      (fit_decode_cost, "fit_decode_cost"), (synchronize, "synchronize")]:
+        assert (obj.__module__, obj.__qualname__) == ("utils.timing", name)
+        assert hasattr(timing, name)
 
 
 @pytest.mark.parametrize("cores,want", [(1, 1), (2, 1), (4, 3), (16, 15)])
