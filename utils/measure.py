@@ -366,3 +366,73 @@ def fingerprint(device: str = "auto") -> Fingerprint:
         device=dev,
         os=f"{platform.system()} {platform.release()}",
     )
+
+
+# --------------------------------------------------------------------------- theoretical peak and cache-level reads
+def cpu_clock_hz() -> float | None:
+    """The CPU clock the OS reports (highest `cpu MHz` in /proc/cpuinfo, else psutil's max), or None if unknown."""
+    mhz = [float(line.split(":", 1)[1]) for line in _cpuinfo().splitlines() if line.startswith("cpu MHz")]
+    if mhz:
+        return max(mhz) * 1e6
+    freq = psutil.cpu_freq()
+    if freq is not None and (freq.max or freq.current):
+        return float(freq.max or freq.current) * 1e6
+    return None
+
+
+def simd_bits(flags: set[str] | None = None) -> int:
+    """Widest vector register for float arithmetic this CPU reports: 512 (avx512f), 256 (avx/avx2), else 128."""
+    flags = cpu_flags() if flags is None else flags
+    if "avx512f" in flags:
+        return 512
+    if flags & {"avx2", "avx"}:
+        return 256
+    return 128  # SSE2 on x86-64, NEON (asimd) on ARM
+
+
+def theoretical_peak_flops(cores: int, clock_hz: float, simd_width_bits: int, fma_units: int,
+                           element_bits: int = 32) -> float:
+    """Peak FLOP/s = cores x clock x (SIMD lanes) x FMA units x 2 (an FMA is a multiply and an add)."""
+    for name, v in (("cores", cores), ("clock_hz", clock_hz), ("simd_width_bits", simd_width_bits),
+                    ("fma_units", fma_units), ("element_bits", element_bits)):
+        if not v > 0:
+            raise ValueError(f"{name} must be positive, got {v!r}")
+    if simd_width_bits % element_bits:
+        raise ValueError(f"simd_width_bits ({simd_width_bits}) must be a multiple of element_bits ({element_bits})")
+    return cores * clock_hz * (simd_width_bits // element_bits) * fma_units * 2
+
+
+def cached_read_bandwidth(nbytes: int, total_bytes: int = 64 * 2**20, repeats: int = 5, device: str = "cpu",
+                          stat: str = "best") -> float:
+    """Read bandwidth (bytes/s) of a buffer of `nbytes` re-read inside ONE call until `total_bytes` are read.
+
+    `x.expand(k, n).sum()` reads the same n floats k times in a single kernel, so the few microseconds every call costs
+    are paid once per `total_bytes`, not once per buffer: small buffers then show the bandwidth of the cache they sit
+    in, not the call overhead (which `memory_bandwidth` pays on every call of a tiny buffer).
+    """
+    if nbytes < 4096:
+        raise ValueError(f"nbytes must be at least 4096, got {nbytes}")
+    if total_bytes < nbytes:
+        raise ValueError(f"total_bytes ({total_bytes}) must be at least nbytes ({nbytes})")
+    _pick(Timing([1.0]), stat)
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    k = max(1, total_bytes // (x.numel() * 4))
+    view = x.expand(k, x.numel())
+    t = benchmark(lambda: view.sum(), warmup=1, repeats=repeats, device=device)
+    return k * x.numel() * 4 / _pick(t, stat)
+
+
+def gguf_tensor_sizes(path: str | Path) -> dict[str, dict[str, int]]:
+    """Bytes and weights per tensor type of a GGUF file, read from its tensor table with the `gguf` library.
+
+    Returns {type name: {"tensors": count, "weights": elements, "bytes": stored bytes}} (e.g. Q4_1, Q8_0, F32).
+    """
+    import gguf
+
+    out: dict[str, dict[str, int]] = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        row = out.setdefault(t.tensor_type.name, {"tensors": 0, "weights": 0, "bytes": 0})
+        row["tensors"] += 1
+        row["weights"] += int(t.n_elements)
+        row["bytes"] += int(t.n_bytes)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -68,19 +69,45 @@ def check_1(fn, smollm2_model=None) -> None:
 
 
 # --------------------------------------------------------------------------- exercise 2
+def _split_terms(f, T1: int, T2: int) -> tuple[float, float]:
+    """(constant part, slope per context token) of a per-token FLOP count that is linear in the context."""
+    slope = (f(T2) - f(T1)) / (T2 - T1)
+    return f(T1) - slope * T1, slope
+
+
 def check_2(fn) -> None:
-    """Exercise 2: forward FLOPs per token (weights + attention scores) vs torch's flop counter."""
+    """Exercise 2: forward FLOPs per token (weights + attention scores) vs torch's flop counter, term by term."""
 
     def tests():
         for i in range(3):
             cfg, model = _configs()[i], _model(i)
-            for T in (8, 40):
+            counted = {}
+            for T in (8, 24, 40):
                 ids = torch.randint(0, cfg.vocab_size, (1, T), generator=torch.Generator().manual_seed(T))
                 with torch.inference_mode():
-                    counted, _ = count_flops(lambda m=model, x=ids: m(x))
-                got = fn(cfg, T)
-                expect_close(f"FLOPs per token at context {T} for {_describe(cfg)}", got, counted / T, rtol=1e-6)
-        return "your formula equals what FlopCounterMode counts, at every context length."
+                    counted[T] = count_flops(lambda m=model, x=ids: m(x))[0] / T
+            got = {T: float(fn(cfg, T)) for T in counted}
+            want_c, want_s = _split_terms(counted.__getitem__, 8, 40)
+            got_c, got_s = _split_terms(got.__getitem__, 8, 40)
+            if abs(got[24] - (got_c + got_s * 24)) > 1e-6 * abs(counted[24]):
+                raise CheckFailed(f"for {_describe(cfg)} your count is not a straight line in the context (values at "
+                                  f"8, 24, 40 tokens: {got[8]:.6g}, {got[24]:.6g}, {got[40]:.6g}); per token, FLOPs "
+                                  "are a constant (the weights) plus a term proportional to the context (attention)")
+            c_ok = abs(got_c - want_c) <= 1e-6 * abs(want_c)
+            s_ok = abs(got_s - want_s) <= 1e-6 * abs(want_s)
+            const = (f"the constant part (weight matmuls, independent of the context) is {got_c:,.0f} FLOPs/token, "
+                     f"expected {want_c:,.0f} ({got_c / want_c:.4g}x): every weight matrix used as a matmul costs 2 "
+                     "FLOPs per weight per token, the output head included, the embedding lookup not")
+            slope = (f"the part that grows with the context is {got_s:,.0f} FLOPs per context token, expected "
+                     f"{want_s:,.0f} ({got_s / want_s:.4g}x): Q·Kᵀ and scores·V are 2·context·head_dim FLOPs each, "
+                     "per query head and layer")
+            if not c_ok and not s_ok:
+                raise CheckFailed(f"for {_describe(cfg)} both terms are off: {const}; and {slope}")
+            if not c_ok:
+                raise CheckFailed(f"for {_describe(cfg)} {const} (the context term is right)")
+            if not s_ok:
+                raise CheckFailed(f"for {_describe(cfg)} {slope} (the constant part is right)")
+        return "your formula equals what FlopCounterMode counts, term by term, at every context length."
 
     run_check(2, tests)
 
@@ -156,40 +183,103 @@ def check_6(fn) -> None:
 
 
 # --------------------------------------------------------------------------- exercise 7
+PREFILL_DELAY, STEP_DELAY = 0.3, 0.01
+
+
 def check_7(fn) -> None:
-    """Exercise 7: greedy decoding with a KV cache (same tokens as generate, one new token per call)."""
+    """Exercise 7: greedy decoding with a KV cache; the timing covers the decode steps only, not the prefill."""
+    import time
 
     def tests():
         model = _model(1)
         cfg = _configs()[1]
+        n_new = 6
         prompt = torch.randint(0, cfg.vocab_size, (1, 10), generator=torch.Generator().manual_seed(7))
         with torch.inference_mode():
-            ref = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
-                                 pad_token_id=0)[0, 10:]
+            ref = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
+                                 do_sample=False, pad_token_id=0)[0, 10:]
         lengths = []
-        hook = model.register_forward_pre_hook(
-            lambda mod, args, kwargs: lengths.append(
-                (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[-1]),
-            with_kwargs=True)
+
+        def hook(mod, args, kwargs):
+            ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+            lengths.append(ids.shape[-1])
+            # a known cost per call: the first call (the prompt's forward pass) is slow, each later call is quick
+            time.sleep(PREFILL_DELAY if len(lengths) == 1 else STEP_DELAY)
+
+        handle = model.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            out = fn(model, prompt, 6)
+            out = fn(model, prompt, n_new)
         finally:
-            hook.remove()
+            handle.remove()
         if not (isinstance(out, tuple) and len(out) == 2):
             raise CheckFailed("return a tuple (new_token_ids, seconds)")
         new_ids, seconds = out
         new_ids = torch.as_tensor(new_ids).flatten()
-        if new_ids.numel() != 6:
-            raise CheckFailed(f"asked for 6 new tokens, got {new_ids.numel()}")
+        if new_ids.numel() != n_new:
+            raise CheckFailed(f"asked for {n_new} new tokens, got {new_ids.numel()}")
         if not torch.equal(new_ids.cpu(), ref):
             raise CheckFailed(f"tokens differ from greedy generate(): got {new_ids.tolist()}, expected {ref.tolist()}")
         if not (isinstance(seconds, float) and seconds > 0):
             raise CheckFailed(f"seconds should be a positive float, got {seconds!r}")
+        if seconds >= PREFILL_DELAY:
+            raise CheckFailed(f"your timing ({seconds:.3f} s) includes the prefill: in this check the prompt's "
+                              f"forward pass takes {PREFILL_DELAY} s and each decode step {STEP_DELAY} s. Start the "
+                              "clock after the prompt has been processed (and don't time model.generate, which runs "
+                              "the prefill)")
         if not lengths or lengths[0] != 10:
             raise CheckFailed(f"the first call should process the whole 10-token prompt, saw lengths {lengths}")
         if any(n != 1 for n in lengths[1:]):
             raise CheckFailed(f"after the prompt, each call should feed only the newest token (the cache holds the "
                               f"rest); your calls fed {lengths} tokens")
-        return "same tokens as generate(), one token per step thanks to the cache."
+        steps = n_new - 1
+        if seconds < 0.9 * steps * STEP_DELAY:
+            raise CheckFailed(f"your timing ({seconds:.3f} s) is shorter than the {steps} decode steps take "
+                              f"({steps} x {STEP_DELAY} s here): time all of the n_new - 1 calls after the prompt")
+        return "same tokens as generate(), one token per step, and only the decode steps timed."
 
     run_check(7, tests)
+
+
+# --------------------------------------------------------------------------- exercise 8
+def _seconds(x, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise CheckFailed(f"{what} should be a finite number of seconds, got {type(x).__name__}: {x!r}")
+    return float(x)
+
+
+def check_8(bounds, measured: dict[int, float] | None = None, t1: float | None = None,
+            flops_per_token: float | None = None, peak_flops: float | None = None, band: float = 1.5) -> None:
+    """Exercise 8: the step-time bounds; then this machine's measured step inside them, within a `band`x tolerance."""
+
+    def tests():
+        for b, t, f, p in [(1, 0.08, 2.7e8, 1e11), (4, 0.08, 2.7e8, 1e11), (64, 0.08, 2.7e8, 1e11),
+                           (32, 0.05, 2.7e8, 1.5e10), (2, 0.05, 2.7e8, 1.5e10)]:
+            out = bounds(b, t, f, p)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise CheckFailed(f"return a tuple (low, high) of seconds, got {out!r}")
+            low, high = _seconds(out[0], "low"), _seconds(out[1], "high")
+            compute = b * f / p
+            for name, got, want, why in [
+                ("low", low, max(t, compute), "perfect overlap: the step takes the longer of the batch-1 step and the "
+                 "batch's FLOPs at the compute roof, max(t1, batch x FLOPs/token / P)"),
+                ("high", high, t + compute, "no overlap: the batch-1 step plus the batch's FLOPs at the compute roof"),
+            ]:
+                if abs(got - want) > 1e-9 * want:
+                    raise CheckFailed(f"{name} bound for batch {b}, t1 = {t} s, {f:.3g} FLOPs/token, P = {p:.3g} "
+                                      f"FLOP/s: expected {want:.4g} s, got {got:.4g} s — {why}")
+        if measured is None:
+            return "your bounds are the roofline's (perfect overlap) and the no-overlap sum."
+        if not measured or any(not (isinstance(v, float) and v > 0) for v in measured.values()):
+            raise CheckFailed(f"measured should map batch sizes to positive seconds, got {measured!r}")
+        b_max = max(measured)
+        low, high = bounds(b_max, t1, flops_per_token, peak_flops)
+        got = measured[b_max]
+        if not low / band <= got <= high * band:
+            raise CheckFailed(f"at batch {b_max} the measured step took {got * 1e3:.1f} ms, outside your bounds "
+                              f"{low * 1e3:.1f}-{high * 1e3:.1f} ms widened {band:g}x. Use t1 and P measured on this "
+                              "machine (P with the decode-shaped product), and re-measure if the machine is busy")
+        where = "inside" if low <= got <= high else "within the tolerance band of"
+        return (f"at batch {b_max} the step took {got * 1e3:.0f} ms, {where} your predicted "
+                f"{low * 1e3:.0f}-{high * 1e3:.0f} ms.")
+
+    run_check(8, tests)
