@@ -321,3 +321,49 @@ def test_cpu_flags_on_apple_silicon_from_sysctl(monkeypatch, bf16, i8mm):
     assert ("bf16" in flags) == (bf16 == "1") and ("i8mm" in flags) == (i8mm == "1")
     assert measure.native_bf16(flags) == (bf16 == "1")
     assert measure.cpu_model() == "Apple M2"
+
+
+# --------------------------------------------------------------------------- theoretical peak, cache reads, GGUF sizes
+def test_theoretical_peak_is_cores_clock_lanes_fma_two():
+    # 2 cores x 2.45 GHz x 8 fp32 lanes (AVX2) x 2 FMA units x 2 FLOPs per FMA
+    assert measure.theoretical_peak_flops(2, 2.45e9, 256, 2) == pytest.approx(156.8e9)
+    assert measure.theoretical_peak_flops(1, 1e9, 512, 2, element_bits=16) == 128e9
+    with pytest.raises(ValueError, match="fma_units must be positive"):
+        measure.theoretical_peak_flops(2, 2e9, 256, 0)
+    with pytest.raises(ValueError, match="multiple of element_bits"):
+        measure.theoretical_peak_flops(2, 2e9, 100, 2)
+
+
+def test_simd_bits_from_flags():
+    assert measure.simd_bits({"avx512f", "avx2"}) == 512
+    assert measure.simd_bits({"avx2", "fma"}) == 256
+    assert measure.simd_bits({"asimd"}) == 128
+
+
+def test_cpu_clock_is_none_or_plausible():
+    hz = measure.cpu_clock_hz()
+    assert hz is None or 1e8 < hz < 1e10
+
+
+def test_cached_read_bandwidth_is_positive_and_validates():
+    assert measure.cached_read_bandwidth(64 * 1024, total_bytes=4 * 2**20, repeats=2) > 0
+    with pytest.raises(ValueError, match="at least 4096"):
+        measure.cached_read_bandwidth(1024)
+    with pytest.raises(ValueError, match="total_bytes"):
+        measure.cached_read_bandwidth(2**20, total_bytes=2**19)
+
+
+def test_gguf_tensor_sizes_of_a_small_file(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("a", np.ones((4, 32), dtype=np.float32))
+    w.add_tensor("b", np.ones(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    sizes = measure.gguf_tensor_sizes(path)
+    assert sizes == {"F32": {"tensors": 2, "weights": 136, "bytes": 136 * 4}}

@@ -6,6 +6,10 @@ cache's values, so the cache is filled with constants instead of running a prefi
 
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
+
 import torch
 
 from .timing import Timing, benchmark
@@ -58,3 +62,17 @@ def step_flops(n_matmul_params: int, config, batch: int, context: int) -> float:
 def step_bytes(weight_bytes: int, config, batch: int, context: int, bytes_per_element: int) -> float:
     """Bytes a decode step must read at least: every weight once, plus the KV cache of every sequence."""
     return weight_bytes + batch * context * kv_bytes_per_token(config, bytes_per_element)
+
+
+@contextmanager
+def quiet_native_stderr():
+    """Silence what native code writes to file descriptor 2 inside the block (e.g. the profiler's USDT log lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
