@@ -193,10 +193,10 @@ def test_check_8_rejects_wrong_bounds():
 def test_check_8_grades_the_measurement_with_a_band():
     right = SOL["step_time_bounds"]
     t1, F, P = 0.08, 2.7e8, 5e10           # knee near batch 15; batch 32: low 0.173 s, high 0.253 s
-    lab01.check_8(right, {1: 0.08, 32: 0.30}, t1, F, P)                    # inside the 1.5x band
-    assert "outside your bounds" in _rejects(lab01.check_8, right, {1: 0.08, 32: 0.6}, t1, F, P)
-    assert "outside your bounds" in _rejects(lab01.check_8, right, {1: 0.08, 32: 0.05}, t1, F, P)
-    assert "positive seconds" in _rejects(lab01.check_8, right, {1: 0.08, 32: -1.0}, t1, F, P)
+    lab01.measure_8(right, {1: 0.08, 32: 0.30}, t1, F, P)                    # inside the 1.5x band
+    assert "outside your bounds" in _rejects(lab01.measure_8, right, {1: 0.08, 32: 0.6}, t1, F, P)
+    assert "outside your bounds" in _rejects(lab01.measure_8, right, {1: 0.08, 32: 0.05}, t1, F, P)
+    assert "positive seconds" in _rejects(lab01.measure_8, right, {1: 0.08, 32: -1.0}, t1, F, P)
 
 
 def test_stub_reports_not_done():

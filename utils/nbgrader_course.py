@@ -25,7 +25,8 @@ class CourseClearSolutions(ClearSolutions):
     """nbgrader's ClearSolutions, writing the course's own stub (exercise number included) like `make labs`."""
 
     def preprocess(self, nb, resources):
-        """Record which exercise each cell belongs to, then clear solutions cell by cell."""
+        """Drop `solution-only` cells (worked answers) as `make labs` does, then clear solutions cell by cell."""
+        nb.cells = [c for c in nb.cells if "solution-only" not in c.metadata.get("tags", [])]
         self._exercise_of = {id(cell): section for section, cell in labs._sections(nb)}
         self._name = resources.get("metadata", {}).get("name", "notebook")
         return super().preprocess(nb, resources)
