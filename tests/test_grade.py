@@ -14,6 +14,7 @@ import sys
 
 import nbformat
 import pytest
+from lab10_wrong_answers import FLOPS_WITHOUT_HEAD, TRAIN_TIES_TO_LARGEST  # tests/ is on sys.path
 
 from utils import grade, labs, sandbox
 from utils.results import REPO_ROOT
@@ -23,24 +24,12 @@ SOLUTION = REPO_ROOT / "solutions" / "lab_10_tokenization.ipynb"
 LIMITS = dict(timeout=180, cell_timeout=20, memory_gb=3.0, smoke=True)
 
 WRONG_A = {  # exercises 3, 4, 6, 7 wrong; 1, 2, 5 right
-    3: '''def train(text, vocab_size):
-    words = {}
-    for p in bpe.pretokenize(text):
-        words[tuple(p.encode())] = words.get(tuple(p.encode()), 0) + 1
-    merges = []
-    while 256 + len(merges) < vocab_size:
-        pairs = count_pairs(words)
-        if not pairs:
-            break
-        best = max(pairs, key=lambda p: (pairs[p], p))  # ties to the largest pair
-        words = {tuple(merge(list(w), best, 256 + len(merges))): f for w, f in words.items()}
-        merges.append(best)
-    return merges''',
+    3: TRAIN_TIES_TO_LARGEST,
     4: '''def decode(ids, merges):
     vocab = bpe.vocab_from_merges(merges)
     return "".join(vocab[i].decode("utf-8", errors="replace") for i in ids)  # per token''',
     6: "def bytes_per_token(text, encode_fn):\n    return len(text) / len(encode_fn(text))  # characters",
-    7: "def flops_per_byte(vocab_size, bytes_per_tok, n_body, d_model):\n    return 2 * n_body / bytes_per_tok",
+    7: FLOPS_WITHOUT_HEAD,
 }
 WRONG_B = {  # exercises 1, 2, 5 wrong (3 uses 1 and 2, so it fails too); 4, 6, 7 right
     1: '''def count_pairs(words):

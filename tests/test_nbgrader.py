@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from lab10_wrong_answers import FLOPS_WITHOUT_HEAD, TRAIN_TIES_TO_LARGEST  # tests/ is on sys.path
 
 from utils import labs
 from utils.results import REPO_ROOT
@@ -24,20 +25,8 @@ from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
 SOLUTION = REPO_ROOT / "solutions" / "lab_10_tokenization.ipynb"
 ASSIGNMENT = SOLUTION.stem
 WRONG = {  # typical mistakes (tests/test_lab10_checks.py): ties to the largest pair; no output head in the FLOPs
-    3: """def train(text, vocab_size):
-    words = {}
-    for p in bpe.pretokenize(text):
-        words[tuple(p.encode())] = words.get(tuple(p.encode()), 0) + 1
-    merges = []
-    while 256 + len(merges) < vocab_size:
-        pairs = count_pairs(words)
-        if not pairs:
-            break
-        best = max(pairs, key=lambda p: (pairs[p], p))
-        words = {tuple(merge(list(w), best, 256 + len(merges))): f for w, f in words.items()}
-        merges.append(best)
-    return merges""",
-    7: "def flops_per_byte(vocab_size, bytes_per_tok, n_body, d_model):\n    return 2 * n_body / bytes_per_tok",
+    3: TRAIN_TIES_TO_LARGEST,
+    7: FLOPS_WITHOUT_HEAD,
 }
 
 
