@@ -15,6 +15,15 @@ SOL = load_definitions(REPO_ROOT / "solutions" / "lab_03_mixture_of_experts.ipyn
                        {"torch": torch, "F": F, "nn": torch.nn})
 
 
+EXPERT_BYTES = 3 * 512 * 256 * 4
+ALWAYS_BYTES = EXPERT_BYTES + 16 * 512 * 4
+
+
+def _prediction() -> float:
+    d16 = SOL["expected_distinct"](16, 3, 16)
+    return ((ALWAYS_BYTES + d16 * EXPERT_BYTES) / 16) / (ALWAYS_BYTES + 3 * EXPERT_BYTES)
+
+
 def _rejects(check, *fns, match: str | None = None) -> str:
     with pytest.raises(CheckFailed, match=match) as e:
         check(*fns)
@@ -28,8 +37,11 @@ def test_solution_passes_every_check(capsys):
     lab03.check_4(SOL["expert_load"])
     lab03.check_5(SOL["aux_loss"])
     lab03.check_6(SOL["bias_update"], SOL["sigmoid_route"], SOL["expert_load"])
-    lab03.check_7(SOL["moe_forward"])
-    assert capsys.readouterr().out.count("✅") == 7
+    lab03.check_7(SOL["group_route"])
+    lab03.check_8(SOL["moe_forward"])
+    lab03.check_9(SOL["bytes_per_token"], SOL["expected_distinct"], SOL["sigmoid_route"], _prediction(),
+                  EXPERT_BYTES, ALWAYS_BYTES)
+    assert capsys.readouterr().out.count("✅") == 9
 
 
 def test_stub_reports_not_done():
@@ -130,14 +142,68 @@ def test_check_6_rejects_wrong_sign_and_in_place_update():
     assert "difference" in _rejects(lab03.check_6, proportional)
 
 
-def test_check_7_rejects_missing_shared_expert_and_swapped_halves():
-    def no_shared(x, W, k, route_scale=1.0):
+def test_check_7_rejects_no_group_limit_top1_group_score_and_unbiased_group_score():
+    def no_limit(logits, k, bias, n_groups, topk_groups, route_scale=1.0):
+        return SOL["sigmoid_route"](logits, k, bias, route_scale)
+
+    def top1_group_score(logits, k, bias, n_groups, topk_groups, route_scale=1.0):
+        N, E = logits.shape
+        s = logits.sigmoid()
+        choice = s + bias
+        gs = choice.view(N, n_groups, E // n_groups).max(-1).values            # best expert only, not the best two
+        keep = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gs.topk(topk_groups, dim=-1).indices, True)
+        choice = choice.masked_fill(~keep.repeat_interleave(E // n_groups, dim=1), float("-inf"))
+        idx = choice.topk(k, dim=-1).indices
+        g = s.gather(1, idx)
+        return g / g.sum(-1, keepdim=True) * route_scale, idx
+
+    def unbiased_group_score(logits, k, bias, n_groups, topk_groups, route_scale=1.0):
+        N, E = logits.shape
+        s = logits.sigmoid()
+        gs = s.view(N, n_groups, E // n_groups).topk(2, dim=-1).values.sum(-1)   # groups ranked without the bias
+        keep = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gs.topk(topk_groups, dim=-1).indices, True)
+        choice = (s + bias).masked_fill(~keep.repeat_interleave(E // n_groups, dim=1), float("-inf"))
+        idx = choice.topk(k, dim=-1).indices
+        g = s.gather(1, idx)
+        return g / g.sum(-1, keepdim=True) * route_scale, idx
+
+    for wrong in (no_limit, top1_group_score, unbiased_group_score):
+        assert "should go to experts" in _rejects(lab03.check_7, wrong)
+
+
+def test_check_8_rejects_missing_shared_expert_swapped_halves_and_ignored_groups():
+    def no_shared(x, W, k, route_scale=1.0, n_groups=1, topk_groups=1):
         W = {**W, "shared_down": torch.zeros_like(W["shared_down"])}
+        return SOL["moe_forward"](x, W, k, route_scale, n_groups, topk_groups)
+
+    def swapped(x, W, k, route_scale=1.0, n_groups=1, topk_groups=1):
+        g, u = W["gate_up"].chunk(2, dim=1)
+        return SOL["moe_forward"](x, {**W, "gate_up": torch.cat([u, g], 1)}, k, route_scale, n_groups, topk_groups)
+
+    def ignores_groups(x, W, k, route_scale=1.0, n_groups=1, topk_groups=1):
         return SOL["moe_forward"](x, W, k, route_scale)
 
-    def swapped(x, W, k, route_scale=1.0):
-        g, u = W["gate_up"].chunk(2, dim=1)
-        return SOL["moe_forward"](x, {**W, "gate_up": torch.cat([u, g], 1)}, k, route_scale)
+    assert "shared expert" in _rejects(lab03.check_8, no_shared)
+    assert "difference" in _rejects(lab03.check_8, swapped)
+    assert "groups" in _rejects(lab03.check_8, ignores_groups)
 
-    assert "shared expert" in _rejects(lab03.check_7, no_shared)
-    assert "difference" in _rejects(lab03.check_7, swapped)
+
+def test_check_9_rejects_counting_repeats_per_batch_bytes_linear_union_and_a_dense_guess():
+    args = (SOL["sigmoid_route"], _prediction(), EXPERT_BYTES, ALWAYS_BYTES)
+
+    def repeats(idx, n, eb, ab):
+        return (ab + idx.numel() * eb) / idx.shape[0]
+
+    def per_batch(idx, n, eb, ab):
+        return ab + idx.unique().numel() * eb
+
+    def linear(n, k, b):
+        return min(n, k * b)
+
+    assert "bytes_per_token" in _rejects(lab03.check_9, repeats, SOL["expected_distinct"], *args)
+    assert "bytes_per_token" in _rejects(lab03.check_9, per_batch, SOL["expected_distinct"], *args)
+    assert "expected_distinct" in _rejects(lab03.check_9, SOL["bytes_per_token"], linear, *args)
+    dense_guess = (SOL["sigmoid_route"], 1 / 16, EXPERT_BYTES, ALWAYS_BYTES)
+    assert "prediction" in _rejects(lab03.check_9, SOL["bytes_per_token"], SOL["expected_distinct"], *dense_guess)
+    assert "number" in _rejects(lab03.check_9, SOL["bytes_per_token"], SOL["expected_distinct"], SOL["sigmoid_route"],
+                                "a quarter", EXPERT_BYTES, ALWAYS_BYTES)

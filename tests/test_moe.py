@@ -28,8 +28,7 @@ def _randomise(module, bias=None):
 def test_matches_deepseek_v3_moe(n_group, topk_group, n_shared, scale):
     cfg = DeepseekV3Config(hidden_size=64, moe_intermediate_size=32, n_routed_experts=16, num_experts_per_tok=4,
                            n_shared_experts=n_shared, n_group=n_group, topk_group=topk_group, norm_topk_prob=True,
-                           routed_scaling_factor=scale)
-    cfg._experts_implementation = "eager"
+                           routed_scaling_factor=scale, experts_implementation="eager")
     ref = DeepseekV3MoE(cfg).eval()
     _randomise(ref, ref.gate.e_score_correction_bias)
     ours = NB.MoE(64, 16, 4, 32, n_shared=n_shared, score="sigmoid", route_scale=scale, n_groups=n_group,
@@ -49,8 +48,7 @@ def test_matches_deepseek_v3_moe(n_group, topk_group, n_shared, scale):
 
 def test_matches_qwen3_moe_softmax_router():
     cfg = Qwen3MoeConfig(hidden_size=48, moe_intermediate_size=24, num_experts=8, num_experts_per_tok=2,
-                         norm_topk_prob=True)
-    cfg._experts_implementation = "eager"
+                         norm_topk_prob=True, experts_implementation="eager")
     ref = Qwen3MoeSparseMoeBlock(cfg).eval()
     _randomise(ref)
     ours = NB.MoE(48, 8, 2, 24, score="softmax").eval()
@@ -87,7 +85,8 @@ def test_moe_in_tinylm_trains_with_aux_loss_and_bias_balances():
     torch.manual_seed(0)
     tr, va = tinylm.shakespeare_bytes()
     cfg = tinylm.TinyConfig(d_model=32, n_layers=1, n_heads=2, context=32)
-    aux = tinylm.TinyLM(cfg, ffn=lambda c: NB.MoE(c.d_model, 8, 2, 16, n_shared=1, score="sigmoid", balance="aux"))
+    aux = tinylm.TinyLM(cfg, ffn=lambda c: NB.MoE(c.d_model, 8, 2, 16, n_shared=1, score="sigmoid",
+                                                  balance="aux_batch"))
     x, y = tinylm.get_batch(tr, 4, 32, torch.Generator().manual_seed(0))
     _, loss = aux(x, y)
     assert torch.is_tensor(aux.aux_loss) and aux.aux_loss.item() > 0
@@ -104,3 +103,63 @@ def test_moe_in_tinylm_trains_with_aux_loss_and_bias_balances():
         maxvio[balance] = (loads.max(1).values / loads.mean(1) - 1).mean().item()
         assert (ffn.bias.abs().sum() > 0) == (balance == "bias")
     assert maxvio["bias"] < maxvio["none"]
+
+
+def test_balance_loss_sequence_wise_differs_from_batch_wise():
+    """Two sequences, each favouring its own two experts: balanced over the batch, unbalanced within each sequence."""
+    E, T = 4, 6
+    idx = torch.tensor([[0, 1]] * T + [[2, 3]] * T)                 # sequence 0 -> experts 0,1; sequence 1 -> 2,3
+    uniform = torch.full((2 * T, E), 0.25)
+    assert abs(NB.balance_loss(uniform, idx, E, n_seq=1).item() - 1.0) < 1e-6   # f = 1 for every expert
+    peaked = torch.cat([torch.tensor([[0.4, 0.4, 0.1, 0.1]]).repeat(T, 1),
+                        torch.tensor([[0.1, 0.1, 0.4, 0.4]]).repeat(T, 1)])
+    batch = NB.balance_loss(peaked, idx, E, n_seq=1).item()        # f = 1, P = 0.25 each: 1.0
+    seq = NB.balance_loss(peaked, idx, E, n_seq=2).item()          # f = 2 on the chosen pair, P = 0.4 there: 1.6
+    assert abs(batch - 1.0) < 1e-6 and abs(seq - 1.6) < 1e-6
+
+
+def test_moe_rejects_unknown_balance_and_bad_groups():
+    with pytest.raises(ValueError, match="balance must be one of"):
+        NB.MoE(16, 8, 2, 8, balance="aux")
+    with pytest.raises(ValueError, match="n_groups"):
+        NB.MoE(16, 8, 2, 8, n_groups=3)
+
+
+def test_sequence_and_batch_aux_losses_reach_the_router_and_seq_violation_is_recorded():
+    cfg = tinylm.TinyConfig(d_model=32, n_layers=1, n_heads=2, context=16)
+    for balance in ("aux_seq", "aux_batch"):
+        lm = tinylm.TinyLM(cfg, ffn=lambda c, b=balance: NB.MoE(c.d_model, 8, 2, 16, n_shared=1, score="sigmoid",
+                                                                 balance=b))
+        x = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+        _, loss = lm(x, x)
+        assert torch.is_tensor(lm.aux_loss) and lm.aux_loss.item() > 0
+        (loss + lm.aux_loss).backward()
+        assert lm.blocks[0].ffn.router.grad.abs().sum() > 0
+        assert len(lm.blocks[0].ffn.seq_violation) == 1
+
+
+def test_direct_combine_equals_buffered():
+    g = torch.Generator().manual_seed(3)
+    moe = NB.MoE(24, 8, 3, 12, score="sigmoid").eval()
+    x = torch.randn(50, 24, generator=g)
+    with torch.no_grad():
+        gates, idx, _ = NB.route(torch.nn.functional.linear(x, moe.router), 3, "sigmoid")
+        a = NB.dispatch_combine(x, idx, gates, moe.expert, 8)
+        b = NB.dispatch_combine_direct(x, idx, gates, moe.expert, 8)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_fact_model_variants_have_the_intended_sizes():
+    from utils import synthetic
+
+    task = synthetic.FactTable(n_facts=64, key_len=2, key_vocab=16, value_vocab=16, facts_per_seq=4)
+    dense_a = NB.fact_model("dense active", task, 0, 16, 8, 2, 8)
+    moe = NB.fact_model("MoE", task, 0, 16, 8, 2, 8)
+    dense_t = NB.fact_model("dense total", task, 0, 16, 8, 2, 8)
+    tot_m, act_m = NB.ffn_params(moe)
+    assert NB.ffn_params(dense_a)[0] == 3 * 16 * 3 * 8                       # (1 shared + top-2) experts of 8
+    assert NB.ffn_params(dense_t)[0] == 3 * 16 * 9 * 8                       # (1 + 8) experts of 8
+    assert act_m == NB.ffn_params(dense_a)[0] + 8 * 16                        # + the router
+    assert tot_m == NB.ffn_params(dense_t)[0] + 8 * 16
+    with pytest.raises(ValueError, match="variant"):
+        NB.fact_model("sparse", task, 0, 16, 8, 2, 8)

@@ -40,13 +40,14 @@ def check_1(fn) -> None:
 
 
 # --------------------------------------------------------------------------- exercise 2
-def _hf_router(logits_w: torch.Tensor, bias: torch.Tensor, k: int, route_scale: float):
+def _hf_router(logits_w: torch.Tensor, bias: torch.Tensor, k: int, route_scale: float, n_group: int = 1,
+               topk_group: int = 1):
     from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
     E, d = logits_w.shape
-    cfg = DeepseekV3Config(hidden_size=d, n_routed_experts=E, num_experts_per_tok=k, n_group=1, topk_group=1,
-                           norm_topk_prob=True, routed_scaling_factor=route_scale)
+    cfg = DeepseekV3Config(hidden_size=d, n_routed_experts=E, num_experts_per_tok=k, n_group=n_group,
+                           topk_group=topk_group, norm_topk_prob=True, routed_scaling_factor=route_scale)
     router = DeepseekV3TopkRouter(cfg)
     with torch.no_grad():
         router.weight.copy_(logits_w)
@@ -208,17 +209,38 @@ def check_6(fn, route_fn=None, load_fn=None) -> None:
 
 
 # --------------------------------------------------------------------------- exercise 7
+GROUP_CASES = [(12, 16, 4, 4, 2, 2.5, 0.05), (20, 32, 8, 8, 3, 1.0, 0.3), (9, 24, 3, 6, 1, 1.5, 0.0)]
+
+
 def check_7(fn) -> None:
-    """Exercise 7: the full layer against transformers' DeepseekV3MoE with copied weights."""
+    """Exercise 7: group-limited routing against transformers' DeepseekV3TopkRouter with several groups."""
+
+    def tests():
+        for N, E, k, n_group, topk_group, scale, bias_std in GROUP_CASES:
+            w, x = _rand(E, 32, seed=E + 1) * 0.5, _rand(N, 32, seed=N + 1)
+            bias = _rand(E, seed=k + 1) * bias_std
+            with torch.no_grad():
+                _, want_gates, want_idx = _hf_router(w, bias, k, scale, n_group, topk_group)(x)
+            _expect_same_routing(f"group_route(N={N}, E={E}, k={k}, n_groups={n_group}, topk_groups={topk_group}, "
+                                 f"route_scale={scale}, bias std {bias_std})",
+                                 fn(x @ w.T, k, bias, n_group, topk_group, scale), want_gates, want_idx)
+        return "groups scored by their two best s + bias, experts chosen in the kept groups — as in transformers."
+
+    run_check(7, tests)
+
+
+# --------------------------------------------------------------------------- exercise 8
+def check_8(fn) -> None:
+    """Exercise 8: the full layer against transformers' DeepseekV3MoE with copied weights, with and without groups."""
     from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
     def tests():
-        for d, d_ff, E, k, n_shared, scale in [(32, 16, 8, 2, 1, 1.0), (48, 24, 16, 4, 2, 2.5)]:
+        cases = [(32, 16, 8, 2, 1, 1.0, 1, 1), (48, 24, 16, 4, 2, 2.5, 4, 2), (40, 16, 32, 6, 1, 2.5, 8, 3)]
+        for d, d_ff, E, k, n_shared, scale, n_group, topk_group in cases:
             cfg = DeepseekV3Config(hidden_size=d, moe_intermediate_size=d_ff, n_routed_experts=E, num_experts_per_tok=k,
-                                   n_shared_experts=n_shared, n_group=1, topk_group=1, norm_topk_prob=True,
-                                   routed_scaling_factor=scale)
-            cfg._experts_implementation = "eager"       # the plain per-expert loop (no backend warning)
+                                   n_shared_experts=n_shared, n_group=n_group, topk_group=topk_group,
+                                   norm_topk_prob=True, routed_scaling_factor=scale, experts_implementation="eager")
             torch.manual_seed(E)
             ref = DeepseekV3MoE(cfg).eval()
             with torch.no_grad():
@@ -233,13 +255,60 @@ def check_7(fn) -> None:
             x = _rand(3, 10, d, seed=d)
             with torch.no_grad():
                 want = ref(x).reshape(-1, d)
-                got = fn(x.reshape(-1, d), W, k, scale)
+                got = fn(x.reshape(-1, d), W, k, scale, n_group, topk_group)
                 no_shared = want - ref.shared_experts(x).reshape(-1, d)
             if torch.is_tensor(got) and got.shape == want.shape and (got - no_shared).abs().max() < 1e-5:
                 raise CheckFailed("the output matches the routed experts only: add the shared expert")
             expect_allclose(f"moe_forward vs DeepseekV3MoE (d={d}, E={E}, k={k}, {n_shared} shared, "
-                             f"route_scale={scale})", got, want, atol=1e-5)
-        return "your DeepSeek-V3 MoE layer matches transformers' with copied weights."
+                             f"route_scale={scale}, {n_group} groups keeping {topk_group})", got, want, atol=1e-5)
+        return "your DeepSeek-V3 MoE layer matches transformers' with copied weights, with and without groups."
 
-    run_check(7, tests)
+    run_check(8, tests)
 
+
+# --------------------------------------------------------------------------- exercise 9
+def _measure_bytes(route_fn, bytes_fn, E, k, B, expert_bytes, always_bytes, n_batches=64):
+    """Mean distinct experts and mean bytes per token of `n_batches` random batches of B tokens."""
+    g = torch.Generator().manual_seed(B)
+    w = torch.randn(E, 64, generator=g) * 0.5
+    distinct, per_token = [], []
+    for _ in range(n_batches):
+        x = torch.randn(B, 64, generator=g)
+        _, idx = route_fn(x @ w.T, k, torch.zeros(E), 1.0)
+        distinct.append(idx.unique().numel())
+        per_token.append(float(bytes_fn(idx, E, expert_bytes, always_bytes)))
+    return sum(distinct) / n_batches, sum(per_token) / n_batches
+
+
+def check_9(bytes_fn, distinct_fn, route_fn, predicted_ratio, expert_bytes: float, always_bytes: float) -> None:
+    """Exercise 9: bytes per token, the expected distinct experts, and the learner's prediction of the batch ratio."""
+
+    def tests():
+        idx = torch.tensor([[0, 1], [1, 2], [0, 2], [5, 0]])
+        expect_close("bytes_per_token([[0,1],[1,2],[0,2],[5,0]], expert 10, always 6): (6 + 4 distinct·10)/4 tokens",
+                     bytes_fn(idx, 8, 10.0, 6.0), (6 + 4 * 10) / 4, rtol=1e-9)
+        expect_close("bytes_per_token of one token choosing experts [3, 7]", bytes_fn(torch.tensor([[3, 7]]), 8, 10.0,
+                                                                                      6.0), 26.0, rtol=1e-9)
+        for E, k, B in [(16, 3, 1), (16, 3, 16), (256, 8, 64), (8, 2, 5)]:
+            expect_close(f"expected_distinct(E={E}, k={k}, batch={B})", distinct_fn(E, k, B),
+                         E * (1 - (1 - k / E) ** B), rtol=1e-9)
+        E, k = 16, 3
+        d1, b1 = _measure_bytes(route_fn, bytes_fn, E, k, 1, expert_bytes, always_bytes)
+        d16, b16 = _measure_bytes(route_fn, bytes_fn, E, k, 16, expert_bytes, always_bytes)
+        if abs(d16 - distinct_fn(E, k, 16)) > 0.1 * E:
+            raise CheckFailed(f"measured {d16:.1f} distinct experts at batch 16, your expected_distinct says "
+                              f"{distinct_fn(E, k, 16):.1f}")
+        measured = b16 / b1
+        p = float(predicted_ratio) if isinstance(predicted_ratio, (int, float)) or torch.is_tensor(predicted_ratio) \
+            else None
+        if p is None:
+            raise CheckFailed(f"predicted_ratio should be a number, got {type(predicted_ratio).__name__}")
+        if not abs(p - measured) <= 0.15 * measured:
+            raise CheckFailed(f"your prediction {p:.3f} is off the measured ratio {measured:.3f} by "
+                              f"{100 * (p - measured) / measured:+.0f}% (allowed ±15%); the batch touched "
+                              f"{d16:.1f} of {E} experts")
+        return (f"batch 1 touches {d1:.1f} experts and reads {b1 / 2**20:.2f} MiB per token; batch 16 touches "
+                f"{d16:.1f} and reads {b16 / 2**20:.2f} MiB per token: ratio {measured:.3f} (you predicted {p:.3f}; "
+                f"a dense layer would give {1 / 16:.3f}).")
+
+    run_check(9, tests)
