@@ -225,15 +225,19 @@ def exercises(solution: Path) -> list[Exercise]:
 def nbgrader_metadata(nb, lab: int) -> None:
     """Set nbgrader cell metadata in place: solution cells, autograded check cells (points), read-only text.
 
-    grade_ids come from the lab and exercise numbers (e.g. lab05-ex3-check), never from random ids, so running
+    grade_ids come from the lab and exercise numbers (e.g. lab05-ex3-check; an exercise's second solution cell is
+    lab05-ex3-solution-2), never from random ids, so running
     this twice changes nothing and an instructor's points on a check cell are kept.
     """
     text_counter: dict[int, int] = {}
+    solution_counter: dict[int, int] = {}
     for section, cell in _sections(nb):
         old = cell.metadata.get("nbgrader", {})
         prefix = f"lab{lab:02d}-ex{section}"
         if cell.cell_type == "code" and BEGIN in cell.source:
-            meta = {"grade": False, "grade_id": f"{prefix}-solution", "locked": False, "solution": True}
+            k = solution_counter[section] = solution_counter.get(section, 0) + 1  # an exercise may have several
+            meta = {"grade": False, "grade_id": f"{prefix}-solution" + (f"-{k}" if k > 1 else ""), "locked": False,
+                    "solution": True}
         elif cell.cell_type == "code" and check_numbers(cell.source):
             meta = {"grade": True, "grade_id": f"{prefix}-check", "locked": True, "points": old.get("points", 1),
                     "solution": False}
