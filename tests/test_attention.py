@@ -1,5 +1,11 @@
-"""Acceptance tests of notebook 02: its own Llama forward == transformers on SmolLM2, and its MLA == transformers'
-DeepSeek-V3 attention with copied weights. The notebook's classes and functions are imported without running it."""
+"""Acceptance tests of notebook 02: its own Llama forward == transformers (a tiny Llama and SmolLM2), and its MLA ==
+transformers' DeepSeek-V3 attention with copied weights. The notebook's classes and functions are imported without
+running it.
+
+At the library's default init (std 0.02) attention is nearly uniform, so a forward pass without RoPE moves the output
+by only ~5e-4 and a check at that init cannot tell. The checks here re-initialise the weights with std 0.2, where the
+attention's entropy is about half of uniform, and show each check's margin: a mutation (RoPE dropped, KV heads
+grouped wrongly) must move the output by at least 100x the tolerance."""
 
 from __future__ import annotations
 
@@ -18,6 +24,56 @@ NOTEBOOK = REPO_ROOT / "notebooks" / "02_attention_and_kv_cache.ipynb"
 
 
 NB = load_definitions(NOTEBOOK, {"torch": torch, "F": F, "nn": nn, "math": math, "time": time})
+TOL = 1e-4        # max |difference| allowed between our code and transformers (outputs of size ~5 at std 0.2)
+MARGIN = 100      # a mutation must move the output by at least MARGIN x TOL
+SHARP_STD = 0.2   # init std of every weight matrix: attention far from uniform
+
+
+def _sharpen(module: nn.Module, std: float = SHARP_STD, seed: int = 0) -> None:
+    """Re-initialise every weight matrix of `module` from N(0, std^2) (norm weights stay 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+class _mutated:
+    """Temporarily replace a function of the notebook (its methods look it up in NB at call time)."""
+
+    def __init__(self, name, fn):
+        self.name, self.fn = name, fn
+
+    def __enter__(self):
+        self.orig, NB[self.name] = NB[self.name], self.fn
+
+    def __exit__(self, *exc):
+        NB[self.name] = self.orig
+
+
+def _relative_entropy(run) -> float:
+    """Mean entropy of the attention rows that `run()` computes, as a fraction of uniform attention's (1 = uniform)."""
+    fractions, orig = [], NB["attention"]
+
+    def recording(q, k, v, scale=None):
+        T, S = q.shape[-2], k.shape[-2]
+        allowed = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+        scores = (q @ k.transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)
+        p = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        h = -(p * p.clamp_min(1e-30).log()).sum(-1)
+        n = allowed.sum(-1).float()
+        fractions.append((h[..., n > 1] / n[n > 1].log()).mean().item())
+        return orig(q, k, v, scale)
+
+    with _mutated("attention", recording):
+        run()
+    return sum(fractions) / len(fractions)
+
+
+def _check_margin(what: str, diff: float, mutated: float) -> None:
+    print(f"{what}: |diff| {diff:.1e} < tol {TOL:.0e}; mutated {mutated:.2e} = {mutated / TOL:,.0f}x tol")
+    assert diff < TOL, f"{what}: {diff:.2e}"
+    assert mutated > MARGIN * TOL, f"{what}: the mutation moved the output by only {mutated:.2e}"
 
 
 def _deepseek(q_lora_rank):
@@ -32,27 +88,96 @@ def _deepseek(q_lora_rank):
     return cfg, AutoModelForCausalLM.from_config(cfg).eval()
 
 
-@pytest.mark.parametrize("q_lora_rank", [None, 48])
-def test_mla_matches_transformers_deepseek_v3_attention(q_lora_rank):
+def _mla_pair(q_lora_rank, cls="MLA"):
     cfg, model = _deepseek(q_lora_rank)
     hf = model.model.layers[1].self_attn
-    mla = NB["MLA"](cfg.hidden_size, cfg.num_attention_heads, kv_lora_rank=cfg.kv_lora_rank,
-                    qk_nope_dim=cfg.qk_nope_head_dim, qk_rope_dim=cfg.qk_rope_head_dim, v_dim=cfg.v_head_dim,
-                    q_lora_rank=q_lora_rank, rope_theta=cfg.rope_parameters["rope_theta"], eps=cfg.rms_norm_eps).eval()
+    _sharpen(hf)
+    mla = NB[cls](cfg.hidden_size, cfg.num_attention_heads, kv_lora_rank=cfg.kv_lora_rank,
+                  qk_nope_dim=cfg.qk_nope_head_dim, qk_rope_dim=cfg.qk_rope_head_dim, v_dim=cfg.v_head_dim,
+                  q_lora_rank=q_lora_rank, rope_theta=cfg.rope_parameters["rope_theta"], eps=cfg.rms_norm_eps).eval()
     missing, unexpected = mla.load_state_dict(hf.state_dict(), strict=True)
     assert not missing and not unexpected
     x = torch.randn(2, 17, cfg.hidden_size, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ref, _ = hf(x, position_embeddings=model.model.rotary_emb(x, torch.arange(17)[None]), attention_mask=None)
+    return cfg, mla, x, ref
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 48])
+def test_mla_matches_transformers_deepseek_v3_attention(q_lora_rank):
+    cfg, mla, x, ref = _mla_pair(q_lora_rank)
+    with torch.inference_mode():
+        entropy = _relative_entropy(lambda: mla(x))
         naive, absorbed = mla(x), mla(x, absorb=True)
         cache = NB["LatentCache"]()
         prefill = mla(x[:, :9], cache=cache, absorb=True)
         steps = [mla(x[:, t:t + 1], cache=cache, absorb=True) for t in range(9, 17)]
-    assert (naive - ref).abs().max() < 1e-5
-    assert (absorbed - ref).abs().max() < 1e-5
-    assert (torch.cat([prefill, *steps], dim=1) - ref).abs().max() < 1e-5
+        with _mutated("apply_rope", lambda t, cos, sin: t):
+            no_rope = (mla(x, absorb=True) - ref).abs().max().item()
+        stale = NB["LatentCache"]()   # a decode that forgets the position offset: every token at position 0
+        mla(x[:, :9], cache=stale, absorb=True)
+        with _mutated("rope_tables", lambda pos, dim, theta: NB["__orig_rope_tables"](pos - pos[0], dim, theta)):
+            wrong_pos = (mla(x[:, 9:10], cache=stale, absorb=True) - ref[:, 9:10]).abs().max().item()
+    assert entropy < 0.75, f"attention is too close to uniform for the check to tell (entropy {entropy:.2f})"
+    _check_margin("MLA naive vs transformers, RoPE dropped", (naive - ref).abs().max().item(), no_rope)
+    _check_margin("MLA absorbed vs transformers, RoPE dropped", (absorbed - ref).abs().max().item(), no_rope)
+    _check_margin("MLA latent-cache decode vs transformers, position offset lost",
+                  (torch.cat([prefill, *steps], dim=1) - ref).abs().max().item(), wrong_pos)
     # only the latent and the shared RoPE key are cached
     assert cache.nbytes() == 2 * 17 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4
+
+
+NB["__orig_rope_tables"] = NB["rope_tables"]
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 48])
+def test_trainable_mla_matches_transformers_and_trains(q_lora_rank):
+    """TrainableMLA (the fused training path) with and without query compression, forward and backward."""
+    cfg, mla, x, ref = _mla_pair(q_lora_rank, cls="TrainableMLA")
+    with torch.inference_mode():
+        with _mutated("apply_rope", lambda t, cos, sin: t):
+            no_rope = (mla(x) - ref).abs().max().item()
+    out = mla(x)
+    _check_margin("TrainableMLA vs transformers, RoPE dropped", (out - ref).abs().max().item(), no_rope)
+    out.pow(2).mean().backward()
+    names = {n for n, p in mla.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert names == {n for n, _ in mla.named_parameters()}, f"parameters without a gradient: " \
+        f"{sorted({n for n, _ in mla.named_parameters()} - names)}"
+    assert ("q_a_proj.weight" in names) == (q_lora_rank is not None)
+
+
+def _tiny_llama():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    _sharpen(model)
+    return cfg, model, {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def test_llama_forward_matches_transformers_at_a_sharp_init():
+    cfg, model, W = _tiny_llama()
+    ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    f = NB["llama_forward"]
+    with torch.inference_mode():
+        ref = model(ids).logits
+        entropy = _relative_entropy(lambda: f(W, cfg, ids))
+        ours = f(W, cfg, ids)
+        cache = NB["KVCache"](cfg.num_hidden_layers)
+        stepwise = torch.cat([f(W, cfg, ids[:, :10], cache)] + [f(W, cfg, ids[:, t:t + 1], cache)
+                                                                 for t in range(10, 24)], dim=1)
+        with _mutated("apply_rope", lambda t, cos, sin: t):
+            no_rope = (f(W, cfg, ids) - ref).abs().max().item()
+        with _mutated("repeat_kv", lambda t, n: t.repeat(1, n, 1, 1)):   # query heads paired with the wrong KV head
+            wrong_groups = (f(W, cfg, ids) - ref).abs().max().item()
+    assert entropy < 0.75, f"attention is too close to uniform for the check to tell (entropy {entropy:.2f})"
+    _check_margin("llama_forward vs transformers, RoPE dropped", (ours - ref).abs().max().item(), no_rope)
+    _check_margin("llama_forward vs transformers, KV heads grouped wrongly", (ours - ref).abs().max().item(),
+                  wrong_groups)
+    _check_margin("llama_forward decode with KVCache vs transformers, RoPE dropped",
+                  (stepwise - ref).abs().max().item(), no_rope)
 
 
 def test_mla_cache_formula_matches_transformers_cache():
