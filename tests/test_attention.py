@@ -55,7 +55,7 @@ def _relative_entropy(run) -> float:
     """Mean entropy of the attention rows that `run()` computes, as a fraction of uniform attention's (1 = uniform)."""
     fractions, orig = [], NB["attention"]
 
-    def recording(q, k, v, scale=None):
+    def recording(q, k, v, scale=None, **mask):
         T, S = q.shape[-2], k.shape[-2]
         allowed = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
         scores = (q @ k.transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)
@@ -63,7 +63,7 @@ def _relative_entropy(run) -> float:
         h = -(p * p.clamp_min(1e-30).log()).sum(-1)
         n = allowed.sum(-1).float()
         fractions.append((h[..., n > 1] / n[n > 1].log()).mean().item())
-        return orig(q, k, v, scale)
+        return orig(q, k, v, scale, **mask)
 
     with _mutated("attention", recording):
         run()
