@@ -9,6 +9,7 @@ grouped wrongly) must move the output by at least 100x the tolerance."""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -23,7 +24,7 @@ from utils.results import REPO_ROOT
 NOTEBOOK = REPO_ROOT / "notebooks" / "02_attention_and_kv_cache.ipynb"
 
 
-NB = load_definitions(NOTEBOOK, {"torch": torch, "F": F, "nn": nn, "math": math, "time": time})
+NB = load_definitions(NOTEBOOK, {"torch": torch, "F": F, "nn": nn, "math": math, "time": time, "copy": copy})
 TOL = 1e-4        # max |difference| allowed between our code and transformers (outputs of size ~5 at std 0.2)
 MARGIN = 100      # a mutation must move the output by at least MARGIN x TOL
 SHARP_STD = 0.2   # init std of every weight matrix: attention far from uniform
@@ -234,3 +235,72 @@ def test_llama_forward_matches_transformers_on_smollm2():
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
     assert (stepwise - ref).abs().max() < 1e-3
     assert cache.nbytes() == ids.shape[1] * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
+
+
+def test_cache_levers_of_section_4_at_their_limits():
+    """The cache-shrinking levers are exact where they must be: full rank, one group per head, 16 bits."""
+    cfg, model, W = _tiny_llama()
+    ids = torch.randint(0, cfg.vocab_size, (1, 20), generator=torch.Generator().manual_seed(2))
+    f = NB["llama_forward"]
+    with torch.inference_mode():
+        ref = f(W, cfg, ids)
+        covs = NB["kv_covariances"](W, cfg, ids)
+        full_rank = f(NB["low_rank_kv"](W, cfg, covs, 2 * cfg.num_key_value_heads * cfg.head_dim), cfg, ids)
+        low_rank = f(NB["low_rank_kv"](W, cfg, covs, 4), cfg, ids)
+        same_heads = f(*NB["mean_pool_kv_heads"](W, cfg, cfg.num_key_value_heads), ids)
+        pooled_W, pooled_cfg = NB["mean_pool_kv_heads"](W, cfg, 1)
+        pooled = f(pooled_W, pooled_cfg, ids)
+        int8 = f(W, cfg, ids, kv_fn=NB["quantize_kv"](8))
+        window_all = f(W, cfg, ids, window=20)
+        window_4 = f(W, cfg, ids, window=4, sinks=2)
+    assert (full_rank - ref).abs().max() < 1e-3 < (low_rank - ref).abs().max()
+    assert (same_heads - ref).abs().max() < 1e-5 and pooled_cfg.num_key_value_heads == 1
+    assert pooled_W["model.layers.0.self_attn.k_proj.weight"].shape == (cfg.head_dim, cfg.hidden_size)
+    assert (pooled - ref).abs().max() > 1e-2
+    assert 0 < (int8 - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (window_all - ref).abs().max() < 1e-5 and (window_4[:, :4] - ref[:, :4]).abs().max() < 1e-5
+    assert (window_4[:, 10:] - ref[:, 10:]).abs().max() > 1e-2
+
+
+def test_window_mask_sees_recent_tokens_and_sinks_only():
+    q = k = torch.zeros(1, 1, 8, 4)
+    v = torch.eye(8)[None, None]                    # attention weights come out as the output rows
+    w = NB["attention"](q, k, v, window=3, sinks=1)[0, 0]
+    allowed = w > 0
+    for t in range(8):
+        want = {s for s in range(t + 1) if t - s < 3 or s < 1}
+        assert {s for s in range(8) if allowed[t, s]} == want
+
+
+def test_decode_step_with_static_cache_matches_llama_forward():
+    cfg, model, W = _tiny_llama()
+    ids = torch.randint(0, cfg.vocab_size, (2, 13), generator=torch.Generator().manual_seed(3))
+    L = cfg.num_hidden_layers
+    with torch.inference_mode():
+        grow = NB["KVCache"](L)
+        NB["llama_forward"](W, cfg, ids[:, :12], grow)
+        static = NB["StaticKVCache"](L, 2, cfg.num_key_value_heads, 16, cfg.head_dim, length=12)
+        for i in range(L):
+            static.k[i, :, :, :12], static.v[i, :, :, :12] = grow.k[i], grow.v[i]
+        got = NB["decode_step"](W, cfg, ids[:, 12:13], static)
+        want = NB["llama_forward"](W, cfg, ids[:, 12:13], grow)
+    assert (got - want).abs().max() < 1e-4 and len(static) == 13
+
+
+def test_mla_naive_and_absorbed_decode_steps_agree():
+    mla = NB["MLA"](64, 4, kv_lora_rank=24, qk_nope_dim=16, qk_rope_dim=8, v_dim=12).eval()
+    _sharpen(mla)
+    h = torch.randn(1, 9, 64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        c, k_rope = mla.kv_a_proj_with_mqa(h).split([24, 8], dim=-1)
+        c = mla.kv_a_layernorm(c)
+        cos, sin = NB["rope_tables"](torch.arange(9), 8, mla.theta)
+        k_rope = NB["apply_rope"](k_rope, cos, sin)
+        k_nope, v = mla.kv_b_proj(c).view(1, 9, 4, 28).transpose(1, 2).split([16, 12], dim=-1)
+        k = torch.cat([k_nope, k_rope[:, None].expand(-1, 4, -1, -1)], dim=-1)
+        x = torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(5))
+        naive = NB["mla_step_naive"](mla, x, k, v, 9)
+        absorbed = NB["mla_step_absorbed"](mla, x, c, k_rope, 9)
+        with _mutated("apply_rope", lambda t, cos, sin: t):
+            no_rope = (NB["mla_step_absorbed"](mla, x, c, k_rope, 9) - naive).abs().max().item()
+    _check_margin("MLA absorbed vs naive decode step, RoPE dropped", (absorbed - naive).abs().max().item(), no_rope)
