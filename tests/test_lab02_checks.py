@@ -22,7 +22,10 @@ def test_solution_passes_every_check(capsys):
     lab02.check_5(SOL["kv_bytes_per_token"])
     lab02.check_6(SOL["absorb_query"])
     lab02.check_7(SOL["absorbed_output_weight"], SOL["absorb_query"], SOL["rope"])
-    assert capsys.readouterr().out.count("✅") == 7
+    lab02.check_8(SOL["quantize_kv"], SOL["dequantize_kv"])
+    lab02.check_9(SOL["mla_decode_step"])
+    lab02.check_10(SOL["crossover_tokens"])
+    assert capsys.readouterr().out.count("✅") == 10
 
 
 def _rejects(check, *fns, match: str | None = None) -> str:
@@ -134,3 +137,94 @@ def test_stub_reports_not_done():
 def test_crash_inside_learner_code_is_a_one_line_verdict():
     with pytest.raises(CheckFailed, match="your code raised ZeroDivisionError"):
         lab02.check_6(lambda q, w: 1 / 0)
+
+
+# ---------------------------------------------------------------- exercise 7: the margin of the RoPE check
+def test_check_7_rejects_wrong_rope_by_more_than_100x_its_tolerance():
+    """At the checks' std-0.2 init a wrong RoPE moves the absorbed MLA output far beyond check_7's atol (1e-4)."""
+
+    def interleaved(x, positions, theta=10_000.0):
+        d = x.shape[-1]
+        a = positions.float()[:, None] / theta ** (torch.arange(0, d, 2).float() / d)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin()], -1).flatten(-2)
+
+    wrong = {"no RoPE": lambda x, p, t=1e4: x, "interleaved pairs": interleaved,
+             "wrong frequencies (angles x7)": lambda x, p, t=1e4: SOL["rope"](x, p * 7, t)}
+    for q_lora_rank in (None, 32):
+        cfg, model = lab02._mla_case(q_lora_rank)
+        attn = model.model.layers[0].self_attn
+        x = lab02._rand(2, 6, cfg.hidden_size, seed=4)
+        with torch.inference_mode():
+            ref, _ = attn(x, position_embeddings=model.model.rotary_emb(x, torch.arange(6)[None]), attention_mask=None)
+            good = lab02._absorbed_mla(attn, cfg, x, SOL["absorb_query"], SOL["absorbed_output_weight"], SOL["rope"])
+            assert (good - ref).abs().max() < 1e-4
+            for name, rope in wrong.items():
+                bad = lab02._absorbed_mla(attn, cfg, x, SOL["absorb_query"], SOL["absorbed_output_weight"], rope)
+                margin = (bad - ref).abs().max().item() / 1e-4
+                print(f"{name}, q_lora_rank={q_lora_rank}: {margin:,.0f}x the tolerance")
+                assert margin > 100, f"{name}: only {margin:.1f}x the tolerance"
+                _rejects(lab02.check_7, SOL["absorbed_output_weight"], SOL["absorb_query"], rope)
+
+
+# ---------------------------------------------------------------- exercise 8
+def _quantizer(scale_fn, round_fn=torch.round, dtype=torch.int8):
+    def quantize(x, bits):
+        qmax = 2 ** (bits - 1) - 1
+        scale = scale_fn(x, qmax).to(torch.float16)
+        return round_fn(x / scale.float()).clamp(-qmax - 1, qmax).to(dtype), scale
+    return quantize
+
+
+def test_check_8_rejects_per_tensor_scale_off_by_one_range_truncation_and_float_storage():
+    per_token = lambda x, qmax: x.abs().amax(-1, keepdim=True) / qmax
+    per_tensor = lambda x, qmax: (x.abs().amax() / qmax).expand(*x.shape[:-1], 1)   # one scale, broadcast
+    off_by_one = lambda x, qmax: x.abs().amax(-1, keepdim=True) / (qmax + 1)         # 2^(bits-1): max clips
+    deq = SOL["dequantize_kv"]
+    assert "per token and head" in _rejects(lab02.check_8, _quantizer(per_tensor), deq, match="Exercise 8")
+    _rejects(lab02.check_8, _quantizer(off_by_one), deq)
+    _rejects(lab02.check_8, _quantizer(per_token, round_fn=torch.trunc), deq)          # truncates: error up to 1 step
+    _rejects(lab02.check_8, _quantizer(per_token, dtype=torch.float32), deq, match="dtype")
+    _rejects(lab02.check_8, SOL["quantize_kv"], lambda q, s: q.float(), match="step")    # forgot the scale
+
+
+# ---------------------------------------------------------------- exercise 9
+def test_check_9_rejects_unrotated_cache_lost_position_missing_norm_and_wrong_scale():
+    rope, absorb = SOL["rope"], SOL["absorb_query"]
+    step = SOL["mla_decode_step"]
+
+    def position_zero(attn, cfg, x, pos, cache):                  # decodes every token at position 0
+        return step(attn, cfg, x, 0, cache)
+
+    def no_norm(attn, cfg, x, pos, cache):                        # caches the latent before kv_a_layernorm
+        orig = attn.kv_a_layernorm.forward
+        attn.kv_a_layernorm.forward = lambda t: t
+        try:
+            return step(attn, cfg, x, pos, cache)
+        finally:
+            attn.kv_a_layernorm.forward = orig
+
+    def naive_cache(attn, cfg, x, pos, cache):                    # caches per-head keys instead of the latent
+        out, (c, kr) = step(attn, cfg, x, pos, cache)
+        return out, (attn.kv_b_proj(c), kr)
+
+    def wrong_scale(attn, cfg, x, pos, cache):                    # 1/sqrt(d_nope) instead of attn.scaling
+        orig = attn.scaling
+        attn.scaling = cfg.qk_nope_head_dim ** -0.5
+        try:
+            return step(attn, cfg, x, pos, cache)
+        finally:
+            attn.scaling = orig
+
+    _rejects(lab02.check_9, position_zero, match="RoPE keys|outputs")
+    _rejects(lab02.check_9, no_norm, match="latents")
+    _rejects(lab02.check_9, naive_cache, match="shape")
+    _rejects(lab02.check_9, wrong_scale, match="outputs")
+    assert rope is not None and absorb is not None
+
+
+# ---------------------------------------------------------------- exercise 10
+def test_check_10_rejects_per_sequence_and_inverted_crossover():
+    _rejects(lab02.check_10, lambda w, kv: kv / w, match="Exercise 10")
+    _rejects(lab02.check_10, lambda w, kv: w / (2 * kv))          # counts K and V twice
+    _rejects(lab02.check_10, lambda w, kv: w / kv / 8)            # per sequence of a batch of 8

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from ..checking import CheckFailed, expect_allclose, expect_close, expect_tensor, run_check
 from ..checking import seeded_randn as _rand
 
+SHARP_STD = 0.2
+
 
 # --------------------------------------------------------------------------- exercise 1
 def _hf_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -197,7 +199,20 @@ def _mla_case(q_lora_rank):
                            qk_rope_head_dim=8, v_head_dim=12, rope_interleave=False)
     torch.manual_seed(3)
     model = AutoModelForCausalLM.from_config(cfg).eval()
+    _sharpen(model.model.layers[0].self_attn)
     return cfg, model
+
+
+def _sharpen(module, std: float = SHARP_STD) -> None:
+    """Redraw every weight matrix with std 0.2: attention far from uniform, so RoPE and position bugs show.
+
+    At the library's std-0.02 init attention is nearly uniform and a wrong RoPE moves an MLA layer's output by only
+    a few times the tolerance; at std 0.2 by more than 100x (tests/test_lab02_checks.py shows the margins).
+    """
+    with torch.no_grad():
+        for i, p in enumerate(module.parameters()):
+            if p.dim() >= 2:
+                p.copy_(_rand(*p.shape, seed=100 + i) * std)
 
 
 def _absorbed_mla(attn, cfg, x, absorb_query, merge_output, rope):
@@ -251,3 +266,110 @@ def check_7(merge_output, absorb_query, rope) -> None:
         return "your absorbed MLA reproduces transformers' DeepSeek-V3 attention from the latent cache alone."
 
     run_check(7, tests)
+
+
+# --------------------------------------------------------------------------- exercise 8
+def _kv_sample() -> torch.Tensor:
+    """Keys-like data: tokens and heads of very different magnitudes, and two outlier channels."""
+    x = _rand(2, 3, 16, 64, seed=8)
+    x = x * torch.logspace(-2, 1, 16)[None, None, :, None]          # token magnitudes from 0.01 to 10
+    x[..., 5] *= 8
+    x[..., 40] *= -6
+    return x
+
+
+def check_8(quantize, dequantize) -> None:
+    """Exercise 8: int8/int4 KV quantizer with one fp16 scale per token and head, by its error and bytes."""
+
+    def tests():
+        x = _kv_sample()
+        lines = []
+        for bits in (8, 4):
+            qmax = 2 ** (bits - 1) - 1
+            res = quantize(x, bits)
+            if not (isinstance(res, tuple) and len(res) == 2):
+                raise CheckFailed(f"quantize_kv(x, {bits}) should return a tuple (q, scale)")
+            q, scale = res
+            expect_tensor(f"q for {bits} bits", q, shape=x.shape, dtype=torch.int8)
+            expect_tensor(f"scale for {bits} bits (one per token and head)", scale, shape=(*x.shape[:-1], 1),
+                          dtype=torch.float16)
+            if q.abs().max().item() > qmax:
+                raise CheckFailed(f"{bits} bits: integers must lie in [-{qmax}, {qmax}], got {q.abs().max().item()}")
+            want_scale = (x.abs().amax(-1, keepdim=True) / qmax).to(torch.float16)
+            expect_allclose(f"scale for {bits} bits vs max|x| / {qmax} per token and head", scale.float(),
+                            want_scale.float(), atol=1e-3 * want_scale.float().abs().max().item())
+            back = dequantize(q, scale)
+            expect_tensor(f"dequantize_kv(q, scale) for {bits} bits", back, shape=x.shape, dtype=torch.float32)
+            step = scale.float()
+            excess = ((back - x).abs() - step / 2 * 1.001 - 1e-6).amax().item()
+            if excess > 0:
+                worst = ((back - x).abs() / step).max().item()
+                raise CheckFailed(f"{bits} bits: some element is off by {worst:.2f} of its token's step (allowed "
+                                  "0.5: round to the nearest level, with the scale of that token and head)")
+            nbytes = q.numel() * bits / 8 + scale.numel() * scale.element_size()
+            rel = ((back - x).norm() / x.norm()).item()
+            lines.append(f"int{bits}: {nbytes / x.numel():.3f} bytes/element, relative error {rel:.1%}")
+        return "; ".join(lines) + " (fp32: 4 bytes/element)."
+
+    run_check(8, tests)
+
+
+# --------------------------------------------------------------------------- exercise 9
+def check_9(fn) -> None:
+    """Exercise 9: an absorbed MLA decode step with the latent cache == transformers' DeepSeek-V3 attention."""
+    from transformers import DynamicCache
+
+    def tests():
+        for q_lora_rank in (None, 32):
+            cfg, model = _mla_case(q_lora_rank)
+            attn = model.model.layers[0].self_attn
+            T = 7
+            x = _rand(2, T, cfg.hidden_size, seed=9)
+            kind = "with" if q_lora_rank else "without"
+            with torch.inference_mode():
+                hf_cache = DynamicCache(config=cfg)
+                ref, _ = attn(x, position_embeddings=model.model.rotary_emb(x, torch.arange(T)[None]),
+                              attention_mask=None, cache=hf_cache)
+                cache, outs = None, []
+                for t in range(T):
+                    res = fn(attn, cfg, x[:, t:t + 1], t, cache)
+                    if not (isinstance(res, tuple) and len(res) == 2):
+                        raise CheckFailed("return a tuple (output, cache)")
+                    out, cache = res
+                    expect_tensor(f"output of step {t}", out, shape=(2, 1, cfg.hidden_size))
+                    if not (isinstance(cache, tuple) and len(cache) == 2):
+                        raise CheckFailed("the cache should be a tuple (latents, rope_keys)")
+                    expect_tensor(f"cached latents after {t + 1} tokens (only d_c per token: no per-head K/V)",
+                                  cache[0], shape=(2, t + 1, cfg.kv_lora_rank))
+                    expect_tensor(f"cached RoPE keys after {t + 1} tokens", cache[1],
+                                  shape=(2, t + 1, cfg.qk_rope_head_dim))
+                    outs.append(out)
+            layer = hf_cache.layers[0]
+            expect_allclose(f"your cached latents vs transformers' DynamicCache keys ({kind} query compression)",
+                            cache[0], layer.keys[:, 0], atol=1e-4)
+            expect_allclose(f"your cached RoPE keys vs transformers' DynamicCache values ({kind} query "
+                            "compression; rotated at each token's own position?)", cache[1], layer.values[:, 0],
+                            atol=1e-4)
+            expect_allclose(f"outputs of {T} decode steps vs transformers' attention over the whole sequence "
+                            f"({kind} query compression)", torch.cat(outs, dim=1), ref, atol=1e-4)
+        return ("token by token from the latent cache alone, your step reproduces transformers' DeepSeek-V3 "
+                "attention and caches exactly what its DynamicCache holds.")
+
+    run_check(9, tests)
+
+
+# --------------------------------------------------------------------------- exercise 10
+def check_10(fn) -> None:
+    """Exercise 10: batch x context where KV bytes equal weight bytes."""
+
+    def tests():
+        smol_weights, smol_kv = 4 * 134_515_008, 4 * 2 * 3 * 64 * 30     # SmolLM2-135M fp32, GQA-3
+        expect_close("SmolLM2 fp32 (538 MB of weights, 46,080 KV bytes/token)", fn(smol_weights, smol_kv),
+                     smol_weights / smol_kv, rtol=1e-6)
+        expect_close("the same model stored as MHA (3x the KV bytes)", fn(smol_weights, 3 * smol_kv),
+                     smol_weights / (3 * smol_kv), rtol=1e-6)
+        expect_close("1 GB of weights, 1 KB per token", fn(1e9, 1e3), 1e6, rtol=1e-6)
+        return (f"SmolLM2's fp32 cache passes its weights at {smol_weights / smol_kv:,.0f} cached tokens over the "
+                "batch (e.g. batch 8 x 1,460 tokens); now measure it.")
+
+    run_check(10, tests)
