@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import re
-from collections import defaultdict
-from itertools import combinations
+from collections import Counter
 
 import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
 from utils import corpora
-from utils.nbimport import load_definitions
+from utils.nbimport import load_definitions, load_exports
 from utils.results import REPO_ROOT
 
-NB = load_definitions(REPO_ROOT / "notebooks" / "11_data_curation.ipynb",
-                      {"np": np, "re": re, "hashlib": hashlib, "functools": functools,
-                       "combinations": combinations, "defaultdict": defaultdict})
+NB_PATH = REPO_ROOT / "notebooks" / "11_data_curation.ipynb"
+NB = vars(load_exports(NB_PATH))   # the export cells alone: they must run without the notebook's other cells
 DOC_CHARS = 10_000
 
 
@@ -147,3 +143,80 @@ def test_minhash_lsh_finds_the_vendored_copies_that_exact_hashing_misses():
             i, j = sorted((idx[p.vendored], idx[p.upstream]))
             assert NB["jaccard_ids"](ids[i], ids[j]) > 0.8, p
             assert (i, j) in cand, p
+
+
+def test_char_shingles_are_utf8_bytes_in_both_definitions():
+    """One definition: string shingles and hashed ids are both UTF-8 byte n-grams, so non-ASCII text agrees too."""
+    x, y = "東京都の天気は晴れ", "東京都の天気は雨"
+    a, b = NB["shingles"](x, 5, "char"), NB["shingles"](y, 5, "char")
+    assert all(isinstance(g, bytes) and len(g) == 5 for g in a | b)
+    j_str = NB["jaccard"](a, b)
+    j_ids = NB["jaccard_ids"](NB["shingle_ids"](x, 5, "char"), NB["shingle_ids"](y, 5, "char"))
+    assert j_str == pytest.approx(j_ids, abs=1e-12)
+    chars = NB["jaccard"]({x[i:i + 5] for i in range(len(x) - 4)}, {y[i:i + 5] for i in range(len(y) - 4)})
+    assert abs(chars - j_str) > 0.1   # the character reading would differ: the definition matters
+    with pytest.raises(ValueError, match="kind"):
+        NB["shingles"](x, 5, "chars")
+
+
+def test_suffix_array_sorts_suffixes_and_finds_every_repeated_span():
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 4, 3000).astype(np.uint8)           # small alphabet: many repeats
+    data[1000:1080] = data[200:280]                             # one long planted repeat
+    data[1500] = 0                                              # a document separator
+    sa, ranks = NB["suffix_array"](data, depth=16)
+    raw = data.tobytes()
+    keys = [raw[i:i + 16] for i in sa]
+    assert keys == sorted(keys) and sorted(sa.tolist()) == list(range(len(data)))
+    for length in (8, 12, 16):
+        mask = NB["repeated_span_mask"](data, length, sa, ranks)
+        naive = np.zeros(len(data), bool)
+        windows = Counter(raw[i:i + length] for i in range(len(data) - length + 1))
+        for i in range(len(data) - length + 1):
+            w = raw[i:i + length]
+            if windows[w] >= 2 and 0 not in w:
+                naive[i:i + length] = True
+        np.testing.assert_array_equal(mask, naive)
+    assert NB["repeated_span_mask"](data, 16, sa, ranks)[1000:1080].all()
+    with pytest.raises(ValueError, match="power of two"):
+        NB["suffix_array"](data, depth=12)
+
+
+def test_gopher_rules_match_datatrove_semantics():
+    """The notebook's Gopher quality and repetition rules give datatrove's verdict and first rule, same tokenizer."""
+    import torch
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.utils.text import PUNCTUATION_SET
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    from utils import evidence
+
+    defs = load_definitions(NB_PATH, {**NB, "torch": torch, "evidence": evidence, "Counter": Counter,
+                                      "PUNCTUATION_SET": PUNCTUATION_SET,
+                                      "STOP_WORDS": {"the", "be", "to", "of", "and", "that", "have", "with"},
+                                      "WORD_RE": re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")})
+
+    class Words(WordTokenizer):
+        def word_tokenize(self, text):
+            return defs["words_of"](text)
+
+        def sent_tokenize(self, text):
+            return [text]
+
+        def span_tokenize(self, text):
+            return [(0, len(text))]
+
+    q, r = GopherQualityFilter(language=Words()), GopherRepetitionFilter(language=Words())
+    texts = [t[:8000] for t in list(corpora.shakespeare("modern").values())[:6]]
+    texts += list(corpora.docs_prose().values())[:12]
+    texts += ["cheap shoes buy now " * 40, "• item\n" * 80, "The cat and the dog. " * 3, "x" * 400 + " the of",
+              "\n".join(f"line {i} and the rest..." for i in range(60)), "# " * 300 + "the and of " * 30]
+    reasons = set()
+    for t in texts:
+        for flt, ours in [(q, defs["gopher_quality"]), (r, defs["gopher_repetition"])]:
+            out = flt.filter(Document(text=t, id="x"))
+            theirs = None if out is True else out[1]
+            assert ours(t) == theirs, (t[:60], ours(t), theirs)
+            reasons.add(theirs)
+    assert len(reasons) >= 5   # the texts exercise several different rules, keeps included

@@ -26,7 +26,8 @@ def test_solution_passes_every_check(capsys):
     lab11.check_4(SOL["lsh_candidates"])
     lab11.check_5(SOL["mean_word_length_ok"], SOL["stop_words_ok"])
     lab11.check_6(SOL["dedup_lines"])
-    assert capsys.readouterr().out.count("✅") == 6
+    lab11.check_7(SOL["bands_rows_for"])
+    assert capsys.readouterr().out.count("✅") == 7
 
 
 def _rejects(check, *fns, match: str | None = None) -> str:
@@ -133,6 +134,31 @@ def test_check_4_rejects_all_bands_and_overlapping_bands():
         assert "datasketch finds" in _rejects(lab11.check_4, wrong, match="Exercise 4")
 
 
+def test_check_4_tells_bucketing_from_all_pairs():
+    """Right pairs, wrong algorithm: comparing every pair (a Python loop, or numpy broadcasting) is rejected."""
+    def pairwise_loop(sig, bands, rows):
+        out = set()
+        for i, j in combinations(range(len(sig)), 2):
+            for band in range(bands):
+                s = slice(band * rows, (band + 1) * rows)
+                if np.array_equal(sig[i, s], sig[j, s]):
+                    out.add((i, j))
+                    break
+        return out
+
+    def pairwise_broadcast(sig, bands, rows):
+        out = set()
+        for band in range(bands):
+            x = sig[:, band * rows:(band + 1) * rows]
+            eq = (x[:, None, :] == x[None, :, :]).all(axis=2)
+            i, j = np.nonzero(np.triu(eq, 1))
+            out.update(zip(i.tolist(), j.tolist()))
+        return out
+
+    assert "all pairs" in _rejects(lab11.check_4, pairwise_loop, match="Exercise 4")
+    assert "all-pairs" in _rejects(lab11.check_4, pairwise_broadcast, match="Exercise 4")
+
+
 def test_check_5_rejects_off_thresholds_and_counting_repeats():
     mean_ok, stop_ok = SOL["mean_word_length_ok"], SOL["stop_words_ok"]
 
@@ -148,9 +174,55 @@ def test_check_5_rejects_off_thresholds_and_counting_repeats():
         stop = {"the", "be", "to", "of", "and", "that", "have", "with"}
         return len(stop & set(text.split())) >= 2
 
+    def substring(text):   # "there" contains "the": words must match whole
+        stop = {"the", "be", "to", "of", "and", "that", "have", "with"}
+        return sum(any(s in w.lower() for w in text.split()) for s in stop) >= 2
+
+    def mixed_case(text):   # lower-cases some words only
+        stop = {"the", "be", "to", "of", "and", "that", "have", "with"}
+        return len(stop & {w if w.isupper() else w.lower() for w in text.split()}) >= 2
+
     assert "mean_word_length_ok" in _rejects(lab11.check_5, strict_bounds, stop_ok)
     assert "the the the" in _rejects(lab11.check_5, mean_ok, counts_repeats)
-    _rejects(lab11.check_5, mean_ok, case_sensitive, match="stop_words_ok")
+    _rejects(lab11.check_5, mean_ok, substring, match="stop_words_ok")
+    _rejects(lab11.check_5, mean_ok, mixed_case, match="stop_words_ok")
+
+
+def test_check_5_accepts_both_readings(capsys):
+    """datatrove's reading (case-sensitive stop words; punctuation split off) passes, as does the lab's."""
+    def case_sensitive(text):
+        stop = {"the", "be", "to", "of", "and", "that", "have", "with"}
+        return len(stop & set(text.split())) >= 2
+
+    def tokens_mean_ok(text):
+        w = [t for t in re.findall(r"\w+(?:['’]\w+)*|[^\w\s]", text) if any(c.isalnum() for c in t)]
+        return bool(w) and 3 <= sum(map(len, w)) / len(w) <= 10
+
+    lab11.check_5(SOL["mean_word_length_ok"], case_sensitive)
+    lab11.check_5(tokens_mean_ok, SOL["stop_words_ok"])
+    out = capsys.readouterr().out
+    assert "case-sensitive reading" in out and "lower-cased reading" in out
+
+
+def test_check_7_rejects_wrong_thresholds_and_budgets():
+    def threshold_formula_inverted(threshold, num_perm):   # (1/r)^(1/b): rows and bands swapped
+        best = None
+        for r in range(1, num_perm + 1):
+            for b in range(1, num_perm // r + 1):
+                key = abs((1 / r) ** (1 / b) - threshold)
+                if best is None or key < best[0]:
+                    best = (key, (b, r))
+        return best[1]
+
+    def over_budget(threshold, num_perm):   # ignores the hash budget
+        return num_perm, 2
+
+    def fineweb_always(threshold, num_perm):
+        return 14, 8
+
+    assert "closer" in _rejects(lab11.check_7, threshold_formula_inverted, match="Exercise 7")
+    assert "needs" in _rejects(lab11.check_7, over_budget, match="Exercise 7")
+    _rejects(lab11.check_7, fineweb_always, match="Exercise 7")
 
 
 def test_check_6_rejects_occurrence_counts_and_unstripped_lines():
