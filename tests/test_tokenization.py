@@ -185,3 +185,46 @@ def test_notebook_bpe_agrees_with_utils():
     assert ids == ref.encode(sample) == nb["library_from_merges"](merges).encode(sample).ids
     assert ours.decode(ids) == ref.decode(ids) == sample
     assert nb["bytes_per_token"](Counter(nb["pretokenize"](sample)), ours) == bpe.bytes_per_token(sample, ref.encode)
+
+
+# ---------------------------------------------------------------- special tokens (CS336 A1 style)
+EOT = "<|endoftext|>"
+
+
+def test_special_tokens_split_training_and_never_merge():
+    docs = ["the cat sat", "the hat", "a cat"] * 20
+    joined = EOT.join(docs)
+    merges = bpe.train_bpe(joined, 400, special_tokens=[EOT])
+    assert len(merges) <= 400 - 256 - 1                                    # the special counts towards vocab_size
+    vocab = bpe.vocab_from_merges(merges)
+    assert not any(b"<|" in t or b"|>" in t or b"endoftext" in t for t in vocab), "a special was learned from text"
+    # no piece spans a boundary: the counts equal the counts of the documents pre-tokenized one by one
+    assert bpe.word_counts(joined, [EOT]) == sum((Counter(bpe.pretokenize(d)) for d in docs), Counter())
+    plain = bpe.train_bpe(joined, 400)                                        # without: the separator is text
+    assert any(b"endoftext" in t for t in bpe.vocab_from_merges(plain))
+
+
+def test_special_tokens_encode_decode_and_ids():
+    merges = bpe.train_bpe(_shakespeare(20_000), 300, special_tokens=[EOT, "<|im_start|>"])
+    tok = bpe.BPETokenizer(merges, special_tokens=[EOT, "<|im_start|>"])
+    assert tok.special_ids == {EOT: 256 + len(merges), "<|im_start|>": 257 + len(merges)}
+    assert tok.vocab_size == 256 + len(merges) + 2
+    text = f"To be{EOT}<|im_start|>or not{EOT}{EOT}"
+    ids = tok.encode(text)
+    assert ids.count(tok.special_ids[EOT]) == 3 and ids.count(tok.special_ids["<|im_start|>"]) == 1
+    assert tok.decode(ids) == text
+    ordinary = tok.encode_ordinary(text)                                      # untrusted text: no special ids
+    assert not set(ordinary) & set(tok.special_ids.values()) and tok.decode(ordinary) == text
+    assert bpe.BPETokenizer(merges).encode(text) == ordinary                  # no specials: plain text
+    lib = bpe.to_tokenizers(merges, special_tokens=[EOT, "<|im_start|>"])
+    assert lib.encode(text).ids == ids
+
+
+def test_special_tokens_longest_match_first_and_bad_input():
+    assert bpe.split_on_special("a<|x|>>b", ["<|x|>", "<|x|>>"]) == ["a", "<|x|>>", "b"]
+    assert bpe.split_on_special("", [EOT]) == [] and bpe.split_on_special("ab", []) == ["ab"]
+    for bad in ([""], [EOT, EOT], EOT, [3]):
+        with pytest.raises(ValueError, match="special"):
+            bpe.BPETokenizer([], special_tokens=bad)
+    with pytest.raises(ValueError, match="special tokens"):
+        bpe.train_bpe("abc", 256, special_tokens=[EOT])
