@@ -6,6 +6,7 @@ import ast
 import functools
 import heapq
 import json
+import math
 from collections import Counter, defaultdict
 
 import pytest
@@ -157,7 +158,10 @@ def _is_lesson_cell(src: str) -> bool:
 @functools.cache
 def _notebook() -> dict:
     nb = json.loads((REPO_ROOT / "notebooks" / "10_tokenization.ipynb").read_text())
-    ns: dict = {"regex": regex, "heapq": heapq, "Counter": Counter, "defaultdict": defaultdict}
+    from utils import evidence
+
+    ns: dict = {"regex": regex, "heapq": heapq, "Counter": Counter, "defaultdict": defaultdict, "math": math,
+                "evidence": evidence}
     cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     for src in cells:
         if _is_lesson_cell(src):
@@ -185,6 +189,31 @@ def test_notebook_bpe_agrees_with_utils():
     assert ids == ref.encode(sample) == nb["library_from_merges"](merges).encode(sample).ids
     assert ours.decode(ids) == ref.decode(ids) == sample
     assert nb["bytes_per_token"](Counter(nb["pretokenize"](sample)), ours) == bpe.bytes_per_token(sample, ref.encode)
+
+
+def test_notebook_lm_yardsticks():
+    """Section 7's equal-FLOPs budget and bits per byte: a uniform model scores log2(V) bits per token."""
+    import torch
+
+    nb = _notebook()
+    plan = nb["lm_budget"](1024, 50, 32, 1e11, 64, 2, 100_000)
+    assert plan["FLOPs/token"] == 6 * (100_000 + 1024 * 64) + 6 * 2 * 50 * 64
+    assert plan["steps"] == round(1e11 / (plan["FLOPs/token"] * 32 * 50))
+
+    class Uniform(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v, self.w = v, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, self.v), None
+
+    merges = bpe.train_bpe(_shakespeare(20_000), 512)
+    tok, vocab = bpe.BPETokenizer(merges), bpe.vocab_from_merges(merges)
+    ids = torch.tensor(tok.encode(_shakespeare(20_000)[-3000:]))
+    got = nb["bits_per_byte"](Uniform(512), ids, 16, vocab)
+    scored = ids[torch.cat([torch.arange(s + 1, s + 16) for s in range(0, len(ids) - 15, 16)])]
+    assert got == pytest.approx(len(scored) * 9 / sum(len(vocab[i]) for i in scored.tolist()), rel=1e-5)
 
 
 # ---------------------------------------------------------------- special tokens (CS336 A1 style)
