@@ -121,8 +121,8 @@ def check_3(fn) -> None:
                               f"{t_fn:.1f} s, {t_fn / t_ref:.0f}x the course's incremental trainer ({t_ref:.2f} s; "
                               f"allowed {SPEED_LIMIT:g}x + 0.5 s): after a merge, update only the words that "
                               "contained the pair instead of recounting every word")
-        return (f"your merges equal the reference trainer's, ties included, in {t_fn:.2f} s "
-                f"({t_fn / t_ref:.1f}x the course's trainer).")
+        return (f"your merges equal the reference trainer's, ties included, and it runs within {SPEED_LIMIT:g}x "
+                "of the course's incremental trainer.")
 
     run_check(3, tests)
 
