@@ -44,30 +44,33 @@ def _as_rows(w: np.ndarray | torch.Tensor, block: int) -> np.ndarray:
 
 
 def _seq_sum(a: np.ndarray) -> np.ndarray:
-    """Sum along the last axis strictly left to right in float32, as ggml's scalar loops do (not pairwise)."""
-    return np.add.accumulate(a, axis=-1, dtype=_F)[..., -1]
+    """Sum over axis 0 strictly in order in float32, as ggml's scalar loops do (numpy's sum is pairwise)."""
+    acc = a[0].astype(_F, copy=True)
+    for row in a[1:]:
+        acc += row
+    return acc
 
 
 def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1,
                       nstep: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ggml's make_qkx2_quants (use_mad=false) on rows of `x` [n, 32]: returns codes L, scale, and the min (>= 0)."""
+    """ggml's make_qkx2_quants (use_mad=false) on the columns of `x` [32, n] (one sub-block per column):
+    returns codes L [32, n], scale [n] and the min [n] (>= 0), with ggml's float32 operation order."""
     nmax_f = _F(nmax)
-    mn = np.minimum(x.min(axis=1), _F(0))
-    mx = x.max(axis=1)
+    mn = np.minimum(x.min(axis=0), _F(0))
+    mx = x.max(axis=0)
     flat = mx == mn
     sum_w = _seq_sum(w)
     sum_x = _seq_sum(w * x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rng = (mx - mn)[:, None]
-        iscale = nmax_f / rng
-        scale = (_F(1) / iscale)[:, 0]
-        L = np.clip(np.rint(iscale * (x - mn[:, None])), 0, nmax)
-        diff = scale[:, None] * L + mn[:, None] - x
+        iscale = nmax_f / (mx - mn)
+        scale = _F(1) / iscale
+        L = np.clip(np.rint(iscale * (x - mn)), 0, nmax)
+        diff = scale * L + mn - x
         best = _seq_sum(w * (diff * diff))
         for step in range(nstep + 1):
             # As in ggml, `min` is the running best, so later steps measure from an updated min.
-            iscale = (_F(rmin) + _F(rdelta) * _F(step) + nmax_f) / (mx - mn)[:, None]
-            la = np.clip(np.rint(iscale * (x - mn[:, None])), 0, nmax)
+            iscale = (_F(rmin) + _F(rdelta) * _F(step) + nmax_f) / (mx - mn)
+            la = np.clip(np.rint(iscale * (x - mn)), 0, nmax)
             wl = w * la
             sum_l, sum_l2, sum_xl = _seq_sum(wl), _seq_sum(wl * la), _seq_sum(wl * x)
             D = sum_w * sum_l2 - sum_l * sum_l
@@ -76,14 +79,14 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int = 15, rmin: float 
             pos = this_min > 0
             this_min = np.where(pos, _F(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            diff = this_scale[:, None] * la + this_min[:, None] - x
+            diff = this_scale * la + this_min - x
             cur = _seq_sum(w * (diff * diff))
             better = (D > 0) & (cur < best) & ~flat
-            L = np.where(better[:, None], la, L)
+            L = np.where(better, la, L)
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
-    L = np.where(flat[:, None], _F(0), L)
+    L = np.where(flat, _F(0), L)
     scale = np.where(flat, _F(0), scale)
     return L.astype(np.uint8), scale.astype(_F), (-mn).astype(_F)
 
@@ -99,11 +102,11 @@ def q4_k_encode(w: np.ndarray | torch.Tensor) -> np.ndarray:
     rows, k = a.shape
     x = a.reshape(-1, 8, 32)                                   # super-blocks x sub-blocks x weights
     nb = x.shape[0]
-    sub = x.reshape(-1, 32)
+    sub = np.ascontiguousarray(x.reshape(-1, 32).T)            # [32, sub-blocks]: fast in-order sums
     av_x = np.sqrt(_seq_sum(sub * sub) / _F(32))
-    weights = av_x[:, None] + np.abs(sub)
+    weights = av_x + np.abs(sub)
     L, scales, mins = _make_qkx2_quants(sub, weights)
-    L, scales, mins = L.reshape(nb, 8, 32), scales.reshape(nb, 8), mins.reshape(nb, 8)
+    L, scales, mins = L.T.reshape(nb, 8, 32), scales.reshape(nb, 8), mins.reshape(nb, 8)
 
     max_scale = scales.max(axis=1)
     max_scale = np.where(max_scale > 0, max_scale, _F(0))
