@@ -67,18 +67,30 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an integer 2..8, got {bits!r}")
 
 
-def quantize_int(x: torch.Tensor, bits: int, block: tuple[int, int] = (-1, -1), symmetric: bool = True
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_int(x: torch.Tensor, bits: int, block: tuple[int, int] = (-1, -1), symmetric: bool = True,
+                 *, signed_absmax: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest integer quantization per block: (q, scale, zero_point), q of shape (nr, nc, elems).
 
     Symmetric (absmax): q in [-(2^(b-1)-1), 2^(b-1)-1], scale = absmax / (2^(b-1)-1), zero_point = 0.
     Asymmetric (zero-point): q in [0, 2^b-1], scale = (max - min) / (2^b-1) over a range that includes 0
     (so 0 is exact, as in PyTorch's MinMaxObserver), zero_point = round(-min / scale).
+    `signed_absmax=True` (symmetric only) is llama.cpp's Q4_0 rule, which uses all 2^b codes: scale =
+    m / -2^(b-1) with m the block's value of largest magnitude *with its sign*, q in [-2^(b-1), 2^(b-1)-1], so m
+    lands exactly on code -2^(b-1) and the other sign gets one code more than the symmetric grid.
     Rounding is round-half-to-even (`torch.round`), as in `torch.fake_quantize_per_tensor_affine`.
     """
     _check_bits(bits)
+    if signed_absmax and not symmetric:
+        raise ValueError("signed_absmax is a symmetric (zero_point = 0) scheme; use symmetric=True")
     xb = to_blocks(x.float(), block)
-    if symmetric:
+    if signed_absmax:
+        qmin = -(2 ** (bits - 1))
+        m = torch.gather(xb, -1, xb.abs().argmax(-1, keepdim=True))
+        scale = m / qmin
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)     # an all-zero block: codes 0
+        q = torch.round(xb / scale).clamp(qmin, -qmin - 1)
+        zero = torch.zeros_like(scale)
+    elif symmetric:
         qmax = 2 ** (bits - 1) - 1
         scale = (xb.abs().amax(-1, keepdim=True) / qmax).clamp(min=torch.finfo(torch.float32).tiny)
         q = torch.round(xb / scale).clamp(-qmax, qmax)
@@ -93,21 +105,29 @@ def quantize_int(x: torch.Tensor, bits: int, block: tuple[int, int] = (-1, -1), 
     return q, scale, zero
 
 
-def fake_quantize_int(x: torch.Tensor, bits: int, block: tuple[int, int] = (-1, -1), symmetric: bool = True
-                      ) -> torch.Tensor:
+def fake_quantize_int(x: torch.Tensor, bits: int, block: tuple[int, int] = (-1, -1), symmetric: bool = True,
+                      *, signed_absmax: bool = False) -> torch.Tensor:
     """Quantize to `bits`-bit integers per block and dequantize back (same shape and dtype as `x`)."""
-    q, scale, zero = quantize_int(x, bits, block, symmetric)
+    q, scale, zero = quantize_int(x, bits, block, symmetric, signed_absmax=signed_absmax)
     return from_blocks((q - zero) * scale, tuple(x.shape), block).to(x.dtype)
 
 
 def quantize_fp8(x: torch.Tensor, block: tuple[int, int] = (-1, -1), fmt: str = "e4m3"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale each block so its absmax lands on the format's max (448 for e4m3), cast: (x_fp8 blocks, fp32 scales)."""
+    """Scale each block so its absmax lands on the format's max (448 for e4m3), cast: (x_fp8 blocks, fp32 scales).
+
+    scale = absmax / max, computed for every block however small, so a block of tiny values (2^-50, say) still
+    uses the whole format. Two guards: an all-zero block gets scale 1 (its codes are 0), and the scale never goes
+    below fp32's smallest normal 2^-126 (a subnormal scale would be inexact and could push x / scale past the
+    max), so only blocks with absmax below max * 2^-126 (about 5e-36 for e4m3) fall short of the format's max.
+    """
     if fmt not in FP8_FORMATS:
         raise ValueError(f"fmt must be one of {sorted(FP8_FORMATS)}, got {fmt!r}")
     dtype = FP8_FORMATS[fmt]
     xb = to_blocks(x.float(), block)
-    scale = (xb.abs().amax(-1, keepdim=True) / torch.finfo(dtype).max).clamp(min=1e-12)
+    amax = xb.abs().amax(-1, keepdim=True)
+    scale = torch.where(amax > 0, amax / torch.finfo(dtype).max, torch.ones_like(amax))
+    scale = scale.clamp(min=torch.finfo(torch.float32).tiny)
     return (xb / scale).to(dtype), scale
 
 
@@ -118,16 +138,17 @@ def fake_quantize_fp8(x: torch.Tensor, block: tuple[int, int] = (-1, -1), fmt: s
 
 
 def nf4_codebook() -> torch.Tensor:
-    """The 16 NF4 levels (QLoRA, arXiv:2305.14314): normal quantiles, 8 positive + 7 negative + an exact 0, in [-1, 1].
+    """The 16 NF4 levels (QLoRA, arXiv:2305.14314), bit-identical to bitsandbytes' float32 table.
 
-    Same construction as bitsandbytes' `create_normal_map(offset=0.9677083, use_extra_value=True)`, with
-    `torch.special.ndtri` (the inverse normal CDF) in place of scipy's `norm.ppf`.
+    bitsandbytes' `create_normal_map(offset=0.9677083, use_extra_value=True)`: quantile points from a float32
+    `torch.linspace`, the normal quantile of each in float64 (scipy's `norm.ppf`; here `torch.special.ndtri`),
+    rounded to float32, sorted with an exact 0, divided by the max in float32. 8 positive + 7 negative levels.
     """
     offset = 0.9677083
-    pos = torch.special.ndtri(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])
-    neg = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])
-    v = torch.cat([pos, neg, torch.zeros(1, dtype=torch.float64)]).sort().values
-    return (v / v.max()).float()
+    pos = torch.special.ndtri(torch.linspace(offset, 0.5, 9)[:-1].double()).float()
+    neg = (-torch.special.ndtri(torch.linspace(offset, 0.5, 8)[:-1].double())).float()
+    v = torch.cat([pos, neg, torch.zeros(1)]).sort().values
+    return v / v.max()
 
 
 def fake_quantize_codebook(x: torch.Tensor, codebook: torch.Tensor, block: tuple[int, int] = (1, 64)) -> torch.Tensor:
@@ -147,6 +168,30 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     if noise == 0:
         return math.inf
     return 10 * math.log10(x.pow(2).sum().item() / noise)
+
+
+def sqnr_gain(x: torch.Tensor, x_a: torch.Tensor, x_b: torch.Tensor, rows_per_block: int = 16,
+              level: float = 0.95, seed: int = 0):
+    """SQNR(x_b) - SQNR(x_a) in dB (> 0: b is closer to x), as an `evidence.Interval`.
+
+    The interval resamples blocks of `rows_per_block` consecutive rows of the 2-D `x` (output channels of a weight,
+    tokens of an activation, blocks of samples) with `evidence.block_bootstrap`; the point estimate is the pooled
+    10 log10(sum (x - x_a)^2 / sum (x - x_b)^2).
+    """
+    import numpy as np
+
+    from . import evidence
+
+    if x.ndim != 2 or x_a.shape != x.shape or x_b.shape != x.shape:
+        raise ValueError(f"x, x_a, x_b must be 2-D of one shape, got {tuple(x.shape)}, {tuple(x_a.shape)}, "
+                         f"{tuple(x_b.shape)}")
+    ea = (x.double() - x_a.double()).pow(2).sum(1).numpy()
+    eb = (x.double() - x_b.double()).pow(2).sum(1).numpy()
+    if ea.sum() == 0 or eb.sum() == 0:
+        raise ValueError("one of the reconstructions is exact: its SQNR is infinite, there is no finite gain")
+    stat = lambda sa, sb, c: 10 * np.log10(sa.sum(-1) / sb.sum(-1))
+    low, high = evidence.block_bootstrap([ea, eb], stat, block=rows_per_block, level=level, seed=seed)
+    return evidence.Interval(float(10 * np.log10(ea.sum() / eb.sum())), low, high, level)
 
 
 def bits_per_weight(bits: float, shape: tuple[int, int], block: tuple[int, int], scale_bits: int = 16,
