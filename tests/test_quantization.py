@@ -117,3 +117,65 @@ def test_quantized_perplexities_are_finite_and_ordered(smol):
     assert abs(p["int4 g32"] - base) < 1e-3 * base          # lands on the stored Q4_1 grid
     assert abs(p["int8"] - base) < 0.05 * base
     assert base < p["int4 g64"] < p["int4 per channel"]
+
+
+def _layer(seed: int = 0, out_f: int = 24, in_f: int = 128, n: int = 400):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g) * 0.05
+    x = torch.randn(n, in_f, generator=g) @ (torch.randn(in_f, in_f, generator=g) / 11)
+    x[:, 3] *= 10
+    return w, x
+
+
+def _gptq_by_columns(w, h, bits, group, damp):
+    """The textbook loop (no lazy batches, no batching): the notebook's fast version must give the same weights."""
+    w = w.float().clone()
+    h = h + damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0])
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    qmax, out = 2**bits - 1, torch.zeros_like(w)
+    for j in range(w.shape[1]):
+        if group is None and j == 0 or group is not None and j % group == 0:
+            span = w if group is None else w[:, j:j + group]
+            lo = span.amin(1, keepdim=True)
+            scale = (span.amax(1, keepdim=True) - lo).clamp(min=1e-12) / qmax
+        q = torch.clamp(torch.round((w[:, j:j + 1] - lo) / scale), 0, qmax) * scale + lo
+        out[:, j:j + 1] = q
+        w[:, j + 1:] -= (w[:, j:j + 1] - q) / u[j, j] @ u[j:j + 1, j + 1:]
+    return out
+
+
+@pytest.mark.parametrize("group", [None, 32])
+def test_gptq_lazy_batched_equals_the_column_loop(group):
+    ws, hs = zip(*[(w, x.T @ x) for w, x in (_layer(s) for s in range(3))])
+    batched = NB.gptq_quantize(torch.stack(ws), torch.stack(hs), 4, group, damp=0.05, block=64)
+    for w, h, q in zip(ws, hs, batched):
+        want = _gptq_by_columns(w, h, 4, group, 0.05)
+        assert (q - want).abs().max() < 1e-5
+        assert torch.equal(NB.gptq_quantize(w, h, 4, group, damp=0.05, block=64), q)
+
+
+def test_gptq_per_row_bits_equal_separate_runs_and_act_order_keeps_static_grids():
+    w, x = _layer(1)
+    h = x.T @ x
+    both = NB.gptq_quantize(torch.cat([w, w]), h, torch.tensor([4] * 24 + [3] * 24), 32, damp=0.05)
+    assert torch.equal(both[:24], NB.gptq_quantize(w, h, 4, 32, damp=0.05))
+    assert torch.equal(both[24:], NB.gptq_quantize(w, h, 3, 32, damp=0.05))
+    q = NB.gptq_quantize(w, h, 4, 32, damp=0.05, act_order=True, static_groups=True)
+    static = NB.quantize_rtn(w, 4, 32).reshape(24, 4, 32)  # each group keeps its original grid
+    lo, hi = w.reshape(24, 4, 32).amin(-1, keepdim=True), w.reshape(24, 4, 32).amax(-1, keepdim=True)
+    codes = (q.reshape(24, 4, 32) - lo) / ((hi - lo) / 15)
+    assert (codes - codes.round()).abs().max() < 1e-3 and codes.min() > -1e-3 and codes.max() < 15 + 1e-3
+    assert not torch.equal(q.reshape_as(static), static)                # ... but different codes: errors were spread
+
+
+def test_gptq_rejects_bad_arguments():
+    w, x = _layer(2)
+    h = x.T @ x
+    with pytest.raises(ValueError, match="static_groups"):
+        NB.gptq_quantize(w, h, 4, 32, act_order=True)
+    with pytest.raises(ValueError, match="bits must be 2..8"):
+        NB.gptq_quantize(w, h, 9, 32)
+    with pytest.raises(ValueError, match="damp"):
+        NB.gptq_quantize(w, h, 4, 32, damp=0)
+    with pytest.raises(ValueError, match="h must be"):
+        NB.gptq_quantize(w, h[:64, :64], 4, 32)
