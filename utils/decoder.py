@@ -18,6 +18,7 @@ distribution exactly.
 
 from __future__ import annotations
 
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +39,17 @@ class GenerateResult:
     drafted: int = 0
     accepted: int = 0
     accepted_per_step: list[int] = field(default_factory=list, repr=False)
+    step_s: list[float] = field(default_factory=list, repr=False)
+
+    def step_interval(self, level: float = 0.95) -> tuple[float, float, float]:
+        """(median, low, high) seconds per decode step: a distribution-free interval for the median step time."""
+        from scipy.stats import quantile_test
+
+        if len(self.step_s) < 6:
+            raise ValueError(f"need at least 6 timed steps for an interval, got {len(self.step_s)}")
+        med = statistics.median(self.step_s)
+        ci = quantile_test(self.step_s, q=med).confidence_interval(level)
+        return med, float(ci.low), float(ci.high)
 
     @property
     def tok_s(self) -> float:
@@ -61,8 +73,12 @@ class Draft(Protocol):
     vocab_size: int
 
     def propose(self, tokens: torch.Tensor, hidden: torch.Tensor, k: int) -> torch.Tensor:
-        """Up to k proposed next tokens (1-D long tensor, may be empty) given all tokens so far and the target's
-        last hidden state (pre-final-norm residual stream at the position that produced tokens[-1])."""
+        """Up to k proposed next tokens (1-D long tensor, may be empty) after `tokens` (all L tokens so far).
+
+        `hidden` [m, d] holds the target's last-layer states (before the final norm) of the positions verified since
+        the previous call: positions L-1-m .. L-2 (position i's state predicted tokens[i+1]). m == L-1 means a new
+        prompt (the prefill): a draft that keeps a history starts it afresh.
+        """
         ...
 
 
@@ -196,14 +212,16 @@ class StaticCacheDecoder:
             nxt = logits[-1].argmax()
             out = [int(nxt)]
             t1 = time.perf_counter()
-            steps = 0
+            steps, step_s = 0, []
             while len(out) < max_new_tokens and out[-1] != eos_token_id:
+                ts = time.perf_counter()
                 logits, _ = self._step(nxt.view(1), self._positions[n + steps: n + steps + 1])
                 nxt = logits[-1].argmax()
                 out.append(int(nxt))
                 steps += 1
+                step_s.append(time.perf_counter() - ts)
             t2 = time.perf_counter()
-        return GenerateResult(out, steps, t1 - t0, t2 - t1)
+        return GenerateResult(out, steps, t1 - t0, t2 - t1, step_s=step_s)
 
     def speculative_generate(self, prompt_ids, max_new_tokens: int, draft: Draft, k: int,
                              eos_token_id: int | None = None) -> GenerateResult:
@@ -221,10 +239,11 @@ class StaticCacheDecoder:
             t0 = time.perf_counter()
             logits, hidden = self.forward(ids, self._positions[:n])
             out = [int(logits[-1].argmax())]
-            h = hidden[-1]
+            h = hidden
             t1 = time.perf_counter()
             cur = n                      # positions < cur hold verified keys/values; out[-1] is not yet in the cache
             while len(out) < max_new_tokens and out[-1] != eos_token_id:
+                ts = time.perf_counter()
                 room = min(k, max_new_tokens - len(out), self.max_len - cur - 1)
                 context = torch.cat([ids, torch.tensor(out, device=self.device)])
                 prop = draft.propose(context, h, room)[:room].to(self.device).long() if room > 0 else ids[:0]
@@ -235,10 +254,11 @@ class StaticCacheDecoder:
                 n_acc = int(match.cumprod(0).sum()) if prop.numel() else 0
                 new = prop[:n_acc].tolist() + [int(pred[n_acc])]
                 res.steps += 1
+                res.step_s.append(time.perf_counter() - ts)
                 res.drafted += int(prop.numel())
                 res.accepted += n_acc
                 res.accepted_per_step.append(n_acc)
-                h = hidden[n_acc]
+                h = hidden[: n_acc + 1]
                 cur += n_acc + 1
                 out += new
                 if eos_token_id is not None and eos_token_id in new:
@@ -259,7 +279,7 @@ class PromptLookupDraft:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.vocab_size, self.max_ngram, self.min_ngram = vocab_size, max_ngram, min_ngram
 
-    def propose(self, tokens: torch.Tensor, hidden: torch.Tensor | None, k: int) -> torch.Tensor:
+    def propose(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None, k: int = 4) -> torch.Tensor:
         """The k tokens after the most recent earlier occurrence of the longest matching suffix n-gram."""
         L = tokens.numel()
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
