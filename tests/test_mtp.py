@@ -1,0 +1,132 @@
+"""The MTP module matches DeepSeek-V3's specification (eqs. 21-23) and works as a speculative draft; low-bit linears
+match their fake-quantized references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils import lowbit, mtp
+from utils.decoder import StaticCacheDecoder
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(std=0.4)
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_llama()
+
+
+def _rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def test_mtp_forward_matches_the_specification(tiny):
+    from transformers import LlamaModel
+
+    m = mtp.MTPModule(tiny, init_block_from_last_layer=False)
+    with torch.no_grad():
+        for p in m.trainable_parameters():
+            p.normal_(std=0.3)
+    assert m.embed.weight is tiny.get_input_embeddings().weight and m.head.weight is tiny.lm_head.weight
+    g = torch.Generator().manual_seed(0)
+    h, nxt = torch.randn(2, 9, 32, generator=g) * 3, torch.randint(0, 61, (2, 9), generator=g)
+    eps = tiny.config.rms_norm_eps
+    # eq. 21: h' = M [RMSNorm(h) ; RMSNorm(Emb(t+1))]
+    x = torch.cat([_rms(h, m.hnorm.weight, eps), _rms(m.embed(nxt), m.enorm.weight, eps)], -1) @ m.proj.weight.T
+    # eq. 22-23: one causal transformer block, then the shared head (through the module's output norm); built here
+    # as a one-layer transformers LlamaModel whose layer and final norm are the module's
+    ref = LlamaModel(tiny.config)
+    ref.layers = torch.nn.ModuleList([m.block])
+    ref.norm = m.out_norm
+    ref.eval()
+    with torch.no_grad():
+        want = tiny.lm_head(ref(inputs_embeds=x).last_hidden_state)
+        got = m(h, nxt)
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()
+    # causal: position i does not see positions after it
+    h2 = h.clone()
+    h2[:, 5:] += 1.0
+    with torch.no_grad():
+        got2 = m(h2, nxt)
+    assert torch.allclose(got2[:, :5], got[:, :5], atol=1e-5) and not torch.allclose(got2[:, 5:], got[:, 5:])
+
+
+def test_mtp_loss_scores_the_token_after_next(tiny):
+    m = mtp.MTPModule(tiny, init_block_from_last_layer=False)
+    g = torch.Generator().manual_seed(1)
+    h, t = torch.randn(2, 12, 32, generator=g), torch.randint(0, 61, (2, 12), generator=g)
+    want = F.cross_entropy(m(h[:, :-2], t[:, 1:-1]).flatten(0, 1), t[:, 2:].flatten())
+    assert torch.allclose(mtp.mtp_loss(m, h, t), want)
+    with pytest.raises(ValueError, match="S >= 3"):
+        mtp.mtp_loss(m, h[:, :2], t[:, :2])
+
+
+def test_training_lowers_the_loss_and_leaves_the_shared_weights(tiny):
+    m = mtp.MTPModule(tiny, init_block_from_last_layer=False)
+    ids = torch.arange(200) % 13 + 3                                     # a periodic stream: t+2 is learnable
+    H = mtp.target_hidden_states(tiny, ids, window=50)
+    head = tiny.lm_head.weight.clone()
+    losses = mtp.train_mtp(m, H, ids[: H.shape[0]], steps=40, seq_len=32, batch=4, lr=1e-2)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert torch.equal(head, tiny.lm_head.weight)
+    acc = mtp.acceptance_by_position(m, H, ids[: H.shape[0]], depth=2, window=16)
+    assert acc[0] > 0.5 and 0 <= acc[1] <= 1
+    tiny.lm_head.weight.requires_grad_(True)
+
+
+def test_mtp_draft_gives_greedy_tokens_in_speculative_decoding(tiny):
+    m = mtp.MTPModule(tiny, init_block_from_last_layer=False)
+    dec = StaticCacheDecoder(tiny, max_len=64)
+    p = torch.tensor([3, 4, 5, 6, 3, 4, 5])
+    want = dec.generate(p, 20).tokens
+    draft = mtp.MTPDraft(m, window=8)
+    for k in (1, 3):
+        r = dec.speculative_generate(p, 20, draft, k=k)
+        assert r.tokens == want and r.drafted > 0
+    with pytest.raises(ValueError, match="window"):
+        mtp.MTPDraft(m, window=0)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_lowbit_linears_match_their_fake_quantized_weights(kind):
+    from utils.quant import fake_quantize_int
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 64, bias=False)
+    x = torch.randn(3, 128)
+    if kind == "int8":
+        q = lowbit.Int8WeightOnlyLinear(lin)
+        w = fake_quantize_int(lin.weight.detach(), 8, (1, -1), symmetric=True)
+    else:
+        q = lowbit.Int4WeightOnlyLinear(lin, group=32)
+        wg = lin.weight.detach().reshape(64, 4, 32)
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+        s = (hi - lo) / 15
+        w = (torch.round((wg - lo) / s).clamp(0, 15) * s + lo).reshape(64, 128)
+    want = x.bfloat16().float() @ w.T
+    got = q(x).float()
+    assert (got - want).abs().max() < 0.03 * want.abs().max()
+
+
+def test_quantized_copy_keeps_rope_in_fp32_and_rejects_bad_formats(tiny):
+    qm = lowbit.quantized_copy(tiny, "int8", head="int8")
+    assert qm.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert isinstance(qm.lm_head, lowbit.Int8WeightOnlyLinear) and tiny.lm_head.weight.dtype == torch.float32
+    assert lowbit.weight_bytes_per_token(qm) < 0.5 * lowbit.weight_bytes_per_token(tiny)
+    with pytest.raises(ValueError, match="blocks must be"):
+        lowbit.quantized_copy(tiny, "int3")
+    with pytest.raises(ValueError, match="group"):
+        lowbit.Int4WeightOnlyLinear(torch.nn.Linear(64, 64, bias=False), group=48)

@@ -1,0 +1,104 @@
+"""Weight-only int8 / int4 linear layers on PyTorch's CPU kernels, swapped into a model for real decode speed.
+
+`torch._weight_int8pack_mm` (int8 per output channel) and `torch._weight_int4pack_mm_for_cpu` (asymmetric int4 in
+groups along the input dimension) take bf16 activations; both are private APIs that may change. Notebook 06 builds
+and measures them; notebook 04 times them inside the static-cache decoder (`utils.decoder`). An asymmetric int4 grid
+with groups of 32 (scale = (max - min) / 15, offset = min) is the GGUF Q4_1 grid the shipped SmolLM2 file uses.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """y = x @ W^T with W as int8 per output channel (absmax / 127); bf16 activations."""
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__()
+        if lin.bias is not None:
+            raise ValueError("Int8WeightOnlyLinear supports linears without bias only")
+        w = lin.weight.detach().float()
+        scale = w.abs().amax(1).clamp(min=1e-8) / 127
+        self.register_buffer("q", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.out_features = w.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.q, self.scale)
+        return y.reshape(*shape[:-1], -1)
+
+
+class Int4WeightOnlyLinear(nn.Module):
+    """y = x @ W^T with W as packed asymmetric int4 in groups of `group` inputs; bf16 activations (tinygemm)."""
+
+    def __init__(self, lin: nn.Linear, group: int = 32):
+        super().__init__()
+        if group not in (32, 64, 128, 256):
+            raise ValueError(f"group must be 32, 64, 128 or 256 (the kernel's sizes), got {group}")
+        if lin.bias is not None:
+            raise ValueError("Int4WeightOnlyLinear supports linears without bias only")
+        w = lin.weight.detach().float()
+        n, k = w.shape
+        if k % group:
+            raise ValueError(f"in_features {k} is not a multiple of the group size {group}")
+        wg = w.reshape(n, k // group, group)
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+        scale = (hi - lo).clamp(min=1e-8) / 15
+        q = torch.round((wg - lo) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
+        # the kernel's convention: w = (q - 8) * scale + zero, so zero = lo + 8 * scale
+        sz = torch.stack([scale.squeeze(-1), (lo + 8 * scale).squeeze(-1)], -1).transpose(0, 1).contiguous()
+        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scales_zeros", sz.to(torch.bfloat16))
+        self.group, self.out_features = group, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.packed, self.group,
+                                              self.scales_zeros)
+        return y.reshape(*shape[:-1], -1)
+
+
+def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32):
+    """A copy of `model` with the decoder blocks' linears in `blocks` ('bf16', 'int8' or 'int4') and the output head
+    in `head` ('int8', 'int4' or None: bf16); norms and embedding become bf16, RoPE frequencies stay fp32. The
+    original is not modified."""
+    makers = {"int8": Int8WeightOnlyLinear, "int4": lambda lin: Int4WeightOnlyLinear(lin, group)}
+    if blocks not in (*makers, "bf16") or (head is not None and head not in makers):
+        raise ValueError(f"blocks must be 'bf16', 'int8' or 'int4' and head 'int8', 'int4' or None, got {blocks!r}, "
+                         f"{head!r}")
+    m = copy.deepcopy(model)
+    if head is not None and m.lm_head.weight is m.get_input_embeddings().weight:
+        m.lm_head = nn.Linear(m.lm_head.in_features, m.lm_head.out_features, bias=False)
+        m.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+    for layer in m.model.layers:
+        for mod in (layer.self_attn, layer.mlp):
+            for name, child in list(mod.named_children()):
+                if isinstance(child, nn.Linear) and blocks != "bf16":
+                    setattr(mod, name, makers[blocks](child))
+    if head is not None:
+        m.lm_head = makers[head](m.lm_head)
+    m = m.to(torch.bfloat16)
+    rope, rope0 = m.model.rotary_emb, model.model.rotary_emb
+    for name, buf in rope0.named_buffers(recurse=False):   # angles = position x frequency: keep them in fp32
+        setattr(rope, name, buf.detach().clone())
+    return m
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decode step reads: every matmul weight (packed formats too) and norms; the embedding
+    table only when the output head multiplies by it (a lookup reads one row)."""
+    emb = model.get_input_embeddings().weight
+    head_w = getattr(model.lm_head, "weight", None)
+    seen, total = set(), 0
+    for mod in model.modules():
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if t.data_ptr() in seen or (t is emb and head_w is not emb):
+                continue
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
