@@ -141,7 +141,7 @@ const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
 if (!w || !w.content || !w.sessionContext || !w.sessionContext.session || !w.sessionContext.session.kernel)
   return null;
 const cells = w.content.widgets.filter(c => c.model.type === 'code');
-return {kernel: w.sessionContext.session.kernel.status, n: cells.length,
+return {kernel: w.sessionContext.session.kernel.status, path: w.context.path, n: cells.length,
         done: cells.filter(c => c.model.executionCount !== null).length,
         errors: cells.flatMap(c => c.model.outputs.toJSON().filter(o => o.output_type === 'error')
                                      .map(o => o.ename + ': ' + o.evalue))};
@@ -152,11 +152,22 @@ def _open_and_run_all(driver, lab, name: str) -> dict:
     """Open a notebook in JupyterLab, run all cells, wait until every code cell ran (or one failed)."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(f"{lab['base']}/lab/tree/notebooks/{name}?token={lab['token']}")
+    # A fresh workspace per notebook: the page holds only this notebook (restoring the previous one beside it left
+    # JupyterLab's notebook tracker pointing at the old notebook, so "run all" re-ran notebook 00 instead).
+    workspace = f"browser-{uuid.uuid4().hex[:8]}"
+    driver.get(f"{lab['base']}/lab/workspaces/{workspace}/tree/notebooks/{name}?token={lab['token']}")
     state = WebDriverWait(driver, 120, poll_frequency=0.5).until(
         lambda d: (s := d.execute_script(_NOTEBOOK_STATE)) and s["kernel"] == "idle" and s)
+    assert state["path"].endswith(name), f"JupyterLab shows {state['path']}, not {name}"
     assert state["n"] > 0 and state["done"] == 0
-    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
+    # Address the notebook by its widget id, never "whichever notebook the tracker thinks is current".
+    driver.execute_script("""const w = window.jupyterapp.shell.currentWidget;
+        window.jupyterapp.commands.execute('notebook:run-all-cells', {widgetId: w.id});""")
+    try:
+        WebDriverWait(driver, 60, poll_frequency=0.5).until(
+            lambda d: (s := d.execute_script(_NOTEBOOK_STATE)) and (s["done"] > 0 or s["kernel"] == "busy"))
+    except Exception:
+        pytest.fail(f"'run all' did not start in {name} within 60 s: {driver.execute_script(_NOTEBOOK_STATE)}")
     state = WebDriverWait(driver, RUN_TIMEOUT_S, poll_frequency=1).until(
         lambda d: (s := d.execute_script(_NOTEBOOK_STATE)) and (s["errors"] or (
             s["done"] == s["n"] and s["kernel"] == "idle")) and s)
