@@ -39,6 +39,20 @@ def test_notebook_anatomy(path):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_parameter_is_visible_to_papermill(path):
+    """`papermill --help-notebook` lists each parameter; a line its parser cannot read is silently missing there."""
+    from papermill.translators import PythonTranslator
+
+    source = next(c.source for c in nbformat.read(path, as_version=4).cells
+                  if "parameters" in c.metadata.get("tags", []))
+    assigned = [line.split("=", 1)[0].strip() for line in source.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    parsed = [p.name for p in PythonTranslator.inspect({"source": source})]
+    assert parsed == assigned, f"papermill cannot parse {sorted(set(assigned) - set(parsed))} (an '=' or a call " \
+        "in the line or its comment?)"
+
+
 def test_smoke_subset_exists():
     assert {p.stem for p in NOTEBOOKS} >= set(SMOKE_SUBSET)
 
