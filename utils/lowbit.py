@@ -102,3 +102,43 @@ def weight_bytes_per_token(model) -> int:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
+
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def m1_matmul_rates(model, repeats: int = 5) -> dict[str, tuple[float, int]]:
+    """Seconds per decode step and bytes read for each kind of matmul at M=1 (one token), as a step runs it.
+
+    Each projection (q_proj, ..., down_proj) is applied for every layer back to back with its own weights, so the
+    weights stream from memory as in a real step rather than sitting in cache; `lm_head` once. Returns
+    {name: (median seconds for all layers, weight bytes read)}: bytes / seconds is the kernel's effective rate.
+    """
+    import statistics
+    import time
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    layers = model.model.layers
+    cfg = model.config
+    d = cfg.hidden_size
+    d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads)
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    out: dict[str, tuple[float, int]] = {}
+    mods = {name: [getattr(ly.self_attn if name[0] in "qkvo" else ly.mlp, name) for ly in layers]
+            for name in PROJECTIONS}
+    mods["lm_head"] = [model.lm_head]
+    with torch.inference_mode():
+        for name, ms in mods.items():
+            n_in = cfg.intermediate_size if name == "down_proj" else d_attn if name == "o_proj" else d
+            x = torch.randn(1, 1, n_in, dtype=dtype)
+            nbytes = sum(t.numel() * t.element_size() for m in ms for t in [*m.parameters(), *m.buffers()])
+            times = []
+            for r in range(repeats + 1):
+                t0 = time.perf_counter()
+                for m in ms:
+                    m(x)
+                if r:                       # the first pass is a warm-up
+                    times.append(time.perf_counter() - t0)
+            out[name] = (statistics.median(times), nbytes)
+    return out
