@@ -164,3 +164,13 @@ def test_m1_matmul_rates_cover_every_projection(tiny):
     assert all(s > 0 and b > 0 for s, b in rates.values())
     q = rates["q_proj"][1]
     assert q == tiny.config.num_hidden_layers * (32 * 32 * 1 + 32 * 2)      # int8 weights + bf16 scales
+
+
+def test_quantized_copy_picks_a_kernel_per_projection(tiny):
+    qm = lowbit.quantized_copy(tiny, "int4", head="int8", per_projection={"down_proj": "int8", "q_proj": "bf16"})
+    layer = qm.model.layers[0]
+    assert isinstance(layer.mlp.down_proj, lowbit.Int8WeightOnlyLinear)
+    assert isinstance(layer.self_attn.q_proj, torch.nn.Linear) and layer.self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert isinstance(layer.mlp.up_proj, lowbit.Int4WeightOnlyLinear)
+    with pytest.raises(ValueError, match="per_projection"):
+        lowbit.quantized_copy(tiny, "int4", per_projection={"attn": "int8"})

@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 class Int8WeightOnlyLinear(nn.Module):
     """y = x @ W^T with W as int8 per output channel (absmax / 127); bf16 activations."""
@@ -63,14 +65,20 @@ class Int4WeightOnlyLinear(nn.Module):
         return y.reshape(*shape[:-1], -1)
 
 
-def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32):
+def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32,
+                   per_projection: dict[str, str] | None = None):
     """A copy of `model` with the decoder blocks' linears in `blocks` ('bf16', 'int8' or 'int4') and the output head
     in `head` ('int8', 'int4' or None: bf16); norms and embedding become bf16, RoPE frequencies stay fp32. The
-    original is not modified."""
+    original is not modified. `per_projection` overrides `blocks` per projection name (e.g. {'down_proj': 'int8'}):
+    a kernel picked per shape."""
     makers = {"int8": Int8WeightOnlyLinear, "int4": lambda lin: Int4WeightOnlyLinear(lin, group)}
+    per_projection = dict(per_projection or {})
     if blocks not in (*makers, "bf16") or (head is not None and head not in makers):
         raise ValueError(f"blocks must be 'bf16', 'int8' or 'int4' and head 'int8', 'int4' or None, got {blocks!r}, "
                          f"{head!r}")
+    bad = {n: f for n, f in per_projection.items() if n not in PROJECTIONS or f not in (*makers, "bf16")}
+    if bad:
+        raise ValueError(f"per_projection maps projection names {PROJECTIONS} to 'bf16', 'int8' or 'int4'; got {bad}")
     m = copy.deepcopy(model)
     if head is not None and m.lm_head.weight is m.get_input_embeddings().weight:
         m.lm_head = nn.Linear(m.lm_head.in_features, m.lm_head.out_features, bias=False)
@@ -78,8 +86,9 @@ def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32)
     for layer in m.model.layers:
         for mod in (layer.self_attn, layer.mlp):
             for name, child in list(mod.named_children()):
-                if isinstance(child, nn.Linear) and blocks != "bf16":
-                    setattr(mod, name, makers[blocks](child))
+                fmt = per_projection.get(name, blocks)
+                if isinstance(child, nn.Linear) and fmt != "bf16":
+                    setattr(mod, name, makers[fmt](child))
     if head is not None:
         m.lm_head = makers[head](m.lm_head)
     m = m.to(torch.bfloat16)
@@ -103,8 +112,6 @@ def weight_bytes_per_token(model) -> int:
             total += t.numel() * t.element_size()
     return total
 
-
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def m1_matmul_rates(model, repeats: int = 5) -> dict[str, tuple[float, int]]:
