@@ -96,6 +96,11 @@ def test_speculative_counts_accepted_prefix_and_bonus(tiny):
     assert perfect.acceptance_rate == 1 and perfect.steps == 5       # 24 tokens after the first, 5 per step (k + 1)
     noisy = dec.speculative_generate(p, 25, _OracleDraft(97, truth, p.numel(), wrong_every=3), k=4)
     assert noisy.tokens == truth and 0 < noisy.acceptance_rate < 1
+    assert perfect.acceptance_by_position(4) == [(5, 5)] * 4
+    by_pos = noisy.acceptance_by_position(4)
+    assert sum(a for a, _ in by_pos) == noisy.accepted and by_pos[0][1] == noisy.steps
+    assert all(by_pos[j + 1][1] <= by_pos[j][0] for j in range(3))     # position j+1 is tried only after j was kept
+    assert noisy.draft_s > 0 and len(noisy.drafted_per_step) == noisy.steps
 
 
 def test_compiled_step_or_clear_fallback(tiny, monkeypatch):

@@ -130,3 +130,47 @@ def test_quantized_copy_keeps_rope_in_fp32_and_rejects_bad_formats(tiny):
         lowbit.quantized_copy(tiny, "int3")
     with pytest.raises(ValueError, match="group"):
         lowbit.Int4WeightOnlyLinear(torch.nn.Linear(64, 64, bias=False), group=48)
+
+
+def test_feature_distillation_teaches_the_targets_own_next_token(tiny):
+    ids = torch.arange(300) % 17 + 3
+    H = mtp.target_hidden_states(tiny, ids, window=60)
+    ids = ids[: H.shape[0]]
+    greedy = mtp.greedy_next(tiny, H)
+    with torch.no_grad():
+        want = tiny.lm_head(tiny.model.norm(H)).argmax(-1)
+    assert torch.equal(greedy, want) and greedy.shape == ids.shape
+    torch.manual_seed(0)
+    m = mtp.MTPModule(tiny)
+    before = mtp.first_draft_hits(m, H, ids, greedy).mean()
+    norm_w, head = m.out_norm.weight.clone(), tiny.lm_head.weight.clone()
+    losses = mtp.train_mtp(m, H, ids, steps=60, seq_len=32, batch=4, lr=1e-2, target_norm=tiny.model.norm)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert torch.equal(norm_w, m.out_norm.weight) and torch.equal(head, tiny.lm_head.weight)
+    after = mtp.first_draft_hits(m, H, ids, greedy).mean()
+    assert after > max(0.5, before)
+    # the loss is the specification: smooth L1 between out_norm(state_i) and the target's norm(h_{i+1})
+    h, t = H[None, :20], ids[None, :20]
+    want_loss = F.smooth_l1_loss(m.out_norm(m.states(h[:, :-1], t[:, 1:])), tiny.model.norm(h[:, 1:]))
+    assert torch.allclose(mtp.feature_loss(m, h, t, tiny.model.norm), want_loss)
+    with pytest.raises(ValueError, match="same N positions"):
+        mtp.first_draft_hits(m, H, ids[:-1], greedy)
+    tiny.lm_head.weight.requires_grad_(True)
+
+
+def test_m1_matmul_rates_cover_every_projection(tiny):
+    rates = lowbit.m1_matmul_rates(lowbit.quantized_copy(tiny, "int8", head="int8"), repeats=1)
+    assert set(rates) == {*lowbit.PROJECTIONS, "lm_head"}
+    assert all(s > 0 and b > 0 for s, b in rates.values())
+    q = rates["q_proj"][1]
+    assert q == tiny.config.num_hidden_layers * (32 * 32 * 1 + 32 * 2)      # int8 weights + bf16 scales
+
+
+def test_quantized_copy_picks_a_kernel_per_projection(tiny):
+    qm = lowbit.quantized_copy(tiny, "int4", head="int8", per_projection={"down_proj": "int8", "q_proj": "bf16"})
+    layer = qm.model.layers[0]
+    assert isinstance(layer.mlp.down_proj, lowbit.Int8WeightOnlyLinear)
+    assert isinstance(layer.self_attn.q_proj, torch.nn.Linear) and layer.self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert isinstance(layer.mlp.up_proj, lowbit.Int4WeightOnlyLinear)
+    with pytest.raises(ValueError, match="per_projection"):
+        lowbit.quantized_copy(tiny, "int4", per_projection={"attn": "int8"})

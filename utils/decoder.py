@@ -39,7 +39,9 @@ class GenerateResult:
     drafted: int = 0
     accepted: int = 0
     accepted_per_step: list[int] = field(default_factory=list, repr=False)
+    drafted_per_step: list[int] = field(default_factory=list, repr=False)
     step_s: list[float] = field(default_factory=list, repr=False)
+    draft_s: float = 0.0
 
     def step_interval(self, level: float = 0.95) -> tuple[float, float, float]:
         """(median, low, high) seconds per decode step: a distribution-free interval for the median step time."""
@@ -60,6 +62,17 @@ class GenerateResult:
     def acceptance_rate(self) -> float:
         """Accepted / drafted tokens (nan without drafts)."""
         return self.accepted / self.drafted if self.drafted else float("nan")
+
+    def acceptance_by_position(self, k: int) -> list[tuple[int, int]]:
+        """(accepted, tried) of draft position j = 1..k: tried counts the verify steps whose draft had a j-th token
+        and whose first j-1 drafts were accepted; accepted those where the j-th was accepted too."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1 draft positions, got {k}")
+        out = []
+        for j in range(1, k + 1):
+            tried = [a for a, d in zip(self.accepted_per_step, self.drafted_per_step) if d >= j and a >= j - 1]
+            out.append((sum(a >= j for a in tried), len(tried)))
+        return out
 
     @property
     def tokens_per_step(self) -> float:
@@ -246,7 +259,9 @@ class StaticCacheDecoder:
                 ts = time.perf_counter()
                 room = min(k, max_new_tokens - len(out), self.max_len - cur - 1)
                 context = torch.cat([ids, torch.tensor(out, device=self.device)])
+                td = time.perf_counter()
                 prop = draft.propose(context, h, room)[:room].to(self.device).long() if room > 0 else ids[:0]
+                res.draft_s += time.perf_counter() - td
                 inp = torch.cat([context[-1:], prop])
                 logits, hidden = self.step(inp, self._positions[cur: cur + inp.numel()])
                 pred = logits.argmax(-1)
@@ -258,6 +273,7 @@ class StaticCacheDecoder:
                 res.drafted += int(prop.numel())
                 res.accepted += n_acc
                 res.accepted_per_step.append(n_acc)
+                res.drafted_per_step.append(int(prop.numel()))
                 h = hidden[: n_acc + 1]
                 cur += n_acc + 1
                 out += new

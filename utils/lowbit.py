@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 class Int8WeightOnlyLinear(nn.Module):
     """y = x @ W^T with W as int8 per output channel (absmax / 127); bf16 activations."""
@@ -63,14 +65,20 @@ class Int4WeightOnlyLinear(nn.Module):
         return y.reshape(*shape[:-1], -1)
 
 
-def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32):
+def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32,
+                   per_projection: dict[str, str] | None = None):
     """A copy of `model` with the decoder blocks' linears in `blocks` ('bf16', 'int8' or 'int4') and the output head
     in `head` ('int8', 'int4' or None: bf16); norms and embedding become bf16, RoPE frequencies stay fp32. The
-    original is not modified."""
+    original is not modified. `per_projection` overrides `blocks` per projection name (e.g. {'down_proj': 'int8'}):
+    a kernel picked per shape."""
     makers = {"int8": Int8WeightOnlyLinear, "int4": lambda lin: Int4WeightOnlyLinear(lin, group)}
+    per_projection = dict(per_projection or {})
     if blocks not in (*makers, "bf16") or (head is not None and head not in makers):
         raise ValueError(f"blocks must be 'bf16', 'int8' or 'int4' and head 'int8', 'int4' or None, got {blocks!r}, "
                          f"{head!r}")
+    bad = {n: f for n, f in per_projection.items() if n not in PROJECTIONS or f not in (*makers, "bf16")}
+    if bad:
+        raise ValueError(f"per_projection maps projection names {PROJECTIONS} to 'bf16', 'int8' or 'int4'; got {bad}")
     m = copy.deepcopy(model)
     if head is not None and m.lm_head.weight is m.get_input_embeddings().weight:
         m.lm_head = nn.Linear(m.lm_head.in_features, m.lm_head.out_features, bias=False)
@@ -78,8 +86,9 @@ def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32)
     for layer in m.model.layers:
         for mod in (layer.self_attn, layer.mlp):
             for name, child in list(mod.named_children()):
-                if isinstance(child, nn.Linear) and blocks != "bf16":
-                    setattr(mod, name, makers[blocks](child))
+                fmt = per_projection.get(name, blocks)
+                if isinstance(child, nn.Linear) and fmt != "bf16":
+                    setattr(mod, name, makers[fmt](child))
     if head is not None:
         m.lm_head = makers[head](m.lm_head)
     m = m.to(torch.bfloat16)
@@ -102,3 +111,41 @@ def weight_bytes_per_token(model) -> int:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
+
+
+
+def m1_matmul_rates(model, repeats: int = 5) -> dict[str, tuple[float, int]]:
+    """Seconds per decode step and bytes read for each kind of matmul at M=1 (one token), as a step runs it.
+
+    Each projection (q_proj, ..., down_proj) is applied for every layer back to back with its own weights, so the
+    weights stream from memory as in a real step rather than sitting in cache; `lm_head` once. Returns
+    {name: (median seconds for all layers, weight bytes read)}: bytes / seconds is the kernel's effective rate.
+    """
+    import statistics
+    import time
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    layers = model.model.layers
+    cfg = model.config
+    d = cfg.hidden_size
+    d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads)
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    out: dict[str, tuple[float, int]] = {}
+    mods = {name: [getattr(ly.self_attn if name[0] in "qkvo" else ly.mlp, name) for ly in layers]
+            for name in PROJECTIONS}
+    mods["lm_head"] = [model.lm_head]
+    with torch.inference_mode():
+        for name, ms in mods.items():
+            n_in = cfg.intermediate_size if name == "down_proj" else d_attn if name == "o_proj" else d
+            x = torch.randn(1, 1, n_in, dtype=dtype)
+            nbytes = sum(t.numel() * t.element_size() for m in ms for t in [*m.parameters(), *m.buffers()])
+            times = []
+            for r in range(repeats + 1):
+                t0 = time.perf_counter()
+                for m in ms:
+                    m(x)
+                if r:                       # the first pass is a warm-up
+                    times.append(time.perf_counter() - t0)
+            out[name] = (statistics.median(times), nbytes)
+    return out
