@@ -24,6 +24,9 @@ SMOKE_SUBSET = ("11_data_curation", "lab_10_tokenization")
 def test_course_has_notebooks():
     names = {p.name for p in NOTEBOOKS}
     assert {"00_welcome_and_setup.ipynb", "01_measuring_cost.ipynb", "lab_01_measuring_cost.ipynb"} <= names
+    # --only: a substring selects the lecture and its lab; an exact stem (contained in the lab's name) only itself
+    assert [p.name for p in course_notebooks("01_measuring_cost")] == ["01_measuring_cost.ipynb"]
+    assert {p.name for p in course_notebooks("01_")} == {"01_measuring_cost.ipynb", "lab_01_measuring_cost.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -2,7 +2,7 @@
 
     python -m utils.course            # default parameters (what the report is for)
     python -m utils.course --smoke    # tiny sizes, a quick check that everything runs
-    python -m utils.course --only 01  # notebooks whose name contains "01"
+    python -m utils.course --only 01  # notebooks whose name contains "01" (an exact name or stem selects just that one)
     python -m utils.course --store --only 01   # maintainers: store fresh outputs in the committed notebooks
 
 Source notebooks are never modified (except with --store): executed copies go to build/executed/, each one's last
@@ -27,11 +27,12 @@ NOTEBOOK_DIRS = ("notebooks", "solutions")
 
 
 def course_notebooks(only: str | None = None) -> list[Path]:
-    """Lecture notebooks then solved labs, in syllabus order."""
+    """Lecture notebooks then solved labs, in syllabus order; `only`: an exact file name or stem, else a substring."""
     out = []
     for d in NOTEBOOK_DIRS:
         out += sorted((REPO_ROOT / d).glob("*.ipynb"))
-    return [p for p in out if not only or only in p.name]
+    exact = [p for p in out if only in (p.name, p.stem)]
+    return exact or [p for p in out if not only or only in p.name]
 
 
 class RunMonitor:
