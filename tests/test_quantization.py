@@ -179,3 +179,74 @@ def test_gptq_rejects_bad_arguments():
         NB.gptq_quantize(w, h, 4, 32, damp=0)
     with pytest.raises(ValueError, match="h must be"):
         NB.gptq_quantize(w, h[:64, :64], 4, 32)
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():                      # non-trivial norms, so a wrong norm is noticed
+        for n, p in m.named_parameters():
+            if n.endswith("layernorm.weight"):
+                p.uniform_(0.5, 1.5)
+    return m
+
+
+def test_awq_fold_is_exact_and_folded_quantized_equals_simulated():
+    """Folding AWQ's scales changes nothing in fp32; after RTN, the folded model (norms and up_proj rows scaled, no
+    hooks) gives the logits of the simulated one, Q(W·s)·diag(1/s) with the original norms."""
+    import copy
+
+    m = _tiny_llama()
+    ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = m(ids).logits
+    g = torch.Generator().manual_seed(5)
+    scales = [[torch.rand(k, generator=g) * 4 + 0.25 for k in (128, 128, 256)] for _ in m.model.layers]
+    folded = copy.deepcopy(m)
+    for layer, s in zip(folded.model.layers, scales):
+        NB.awq_fold(layer, *s)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(ids).logits, ref, rtol=1e-4, atol=1e-4)
+    sim = copy.deepcopy(m)
+    for lf, ls, (s_qkv, s_mlp, s_down) in zip(folded.model.layers, sim.model.layers, scales):
+        s_in = {"q_proj": s_qkv, "k_proj": s_qkv, "v_proj": s_qkv, "o_proj": torch.ones(128), "gate_proj": s_mlp,
+                "up_proj": s_mlp, "down_proj": s_down}
+        for mod_f, mod_s in ((lf.self_attn, ls.self_attn), (lf.mlp, ls.mlp)):
+            for name, lin in mod_f.named_children():
+                if isinstance(lin, torch.nn.Linear):
+                    lin.weight.data.copy_(NB.quantize_rtn(lin.weight.data, 4, 32))
+                    w = lin.weight.data / s_in[name]
+                    if name == "up_proj":
+                        w = w * s_down[:, None]
+                    getattr(mod_s, name).weight.data.copy_(w)
+    with torch.no_grad():
+        a, b = folded(ids).logits, sim(ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert (a - ref).abs().max() > 1e-3                # the quantization did change the model
+    wrong = copy.deepcopy(sim)                         # a fold that forgets up_proj's rows is caught
+    for lw, ls, s in zip(wrong.model.layers, sim.model.layers, scales):
+        lw.mlp.up_proj.weight.data.copy_(ls.mlp.up_proj.weight.data / s[2][:, None])
+    with torch.no_grad():
+        assert not torch.allclose(wrong(ids).logits, a, rtol=1e-3, atol=1e-3)
+
+
+def test_awq_clip_never_increases_the_group_output_error_and_rejects_bad_groups():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 128, generator=g)
+    x = torch.randn(64, 128, generator=g)
+    c = NB.awq_clip(w, x, 4, 32)
+    assert c.shape == w.shape and (c.abs() <= w.abs() + 1e-6).all()
+
+    def group_err(wc):
+        d = (w - NB.quantize_rtn(wc, 4, 32)).reshape(16, 4, 32)
+        return torch.einsum("nkg,okg->okn", x.reshape(-1, 4, 32), d).pow(2).mean(-1)
+
+    assert (group_err(c) <= group_err(w) + 1e-6).all()
+    assert (c != w).any()                           # some groups are clipped
+    with pytest.raises(ValueError, match="does not divide"):
+        NB.awq_clip(w, x, 4, 48)
