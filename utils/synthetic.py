@@ -168,6 +168,47 @@ class MQAR:
         return pred
 
 
+@dataclass(frozen=True)
+class TaskMix:
+    """Batches that mix several tasks of one sequence length in equal shares, e.g. MQAR at several pair counts.
+
+    Zoology (arXiv:2312.04927) trains a model on several MQAR settings at once (its experiment configs list several
+    training settings per run) and scores it per setting: one run per model gives a whole accuracy-vs-pairs curve
+    (score it with `task_accuracy` on each task).
+    A batch of `batch_size` rows gives each task `batch_size // len(tasks)` rows (the first tasks one more when it
+    does not divide), drawn from the one generator in task order, so a seed fixes the batch exactly.
+    """
+
+    tasks: tuple
+
+    def __post_init__(self):
+        if not isinstance(self.tasks, tuple) or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty tuple of tasks, got {self.tasks!r}")
+        if any(not hasattr(t, "batch") for t in self.tasks):
+            raise ValueError("every task must have a .batch(batch_size, generator) method")
+        lengths = {t.seq_len for t in self.tasks}
+        if len(lengths) != 1:
+            raise ValueError(f"the tasks of a mix must share one seq_len, got {sorted(lengths)}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.tasks[0].seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return max(t.vocab_size for t in self.tasks)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """`batch_size` rows, split between the tasks as equally as possible, concatenated in task order."""
+        k = len(self.tasks)
+        if batch_size < k:
+            raise ValueError(f"batch_size must be at least the number of tasks ({k}) so each gets a row, "
+                             f"got {batch_size}")
+        sizes = [batch_size // k + (i < batch_size % k) for i in range(k)]
+        parts = [t.batch(n, generator) for t, n in zip(self.tasks, sizes)]
+        return TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("inputs", "targets", "mask")))
+
+
 # --------------------------------------------------------------------------- copy (induction)
 @dataclass(frozen=True)
 class Copy:
