@@ -34,6 +34,15 @@ smallest MQAR comparison resolves at these budgets, and the numbers say why:
   holds, just (full attention per seed 0.28 / 0.29 / 0.51: still learning, hence the wide interval). So about
   2 minutes of training (3 seeds x 2 variants x 21 s) separates full from windowed attention; MHA vs MQA/GQA/MLA,
   whose recall gap is smaller, will need longer runs or a larger task than measured here.
+- MQAR as notebook 02 runs it (`TaskMix` of 2/4/8 pairs, seq_len 32, vocab 64; TinyLM d=32 with 4 heads of 8,
+  batch 32, lr 1e-2, 80 steps, about 2.5 s per variant-seed including scoring; load average about 1.5): MHA
+  recalls 0.236 / 0.129 / 0.086 at 2 / 4 / 8 pairs, below answering with a random one of the sequence's own
+  values (0.511 / 0.277 / 0.151): the models copy values but have not learned the association yet. Window of
+  8 − MHA = −0.205 ± 0.097 / −0.096 ± 0.073 / −0.055 ± 0.044: holds at every pair count. MQA (a quarter of
+  MHA's cache) −0.067 ± 0.234 / −0.034 ± 0.115 / −0.023 ± 0.062, MLA (latent 8 + RoPE key 4) −0.158 ± 0.173 /
+  −0.072 ± 0.097 / −0.042 ± 0.055, GQA-2 +0.015 ± 0.240 / −0.000 ± 0.083 / −0.001 ± 0.059: not resolved.
+  A learning rate of 3e-2 did not resolve MQA or MLA either, and 300 steps of MHA alone still stayed below the
+  own-value line (0.42–0.56 at 2 pairs).
 - Facts, dense at equal active parameters (FFN hidden 96, 78k parameters) vs MoE (notebook 03's layer: 1 shared
   + 16 routed experts of 32, top-2, bias balancing; 252k parameters), 4,096 facts of 6 bits (24,576 bits),
   500 steps of 512 facts (about 62 exposures per fact), 35 s dense / 41 s MoE per seed: bits stored 2,261 vs
