@@ -11,6 +11,7 @@ from utils.nbimport import load_definitions
 from utils.results import REPO_ROOT
 
 SOL = load_definitions(REPO_ROOT / "solutions" / "lab_10_tokenization.ipynb", {"bpe": bpe})
+SOLUTION_SOURCE = (REPO_ROOT / "solutions" / "lab_10_tokenization.ipynb").read_text()
 
 
 def test_solution_passes_every_check(capsys):
@@ -108,6 +109,58 @@ def _train(text, vocab_size, key=None, encode=None, split=None):
         words = new
         merges.append(best)
     return merges
+
+
+def test_check_3_rejects_the_textbook_recount_for_speed():
+    """Right merges, but every word recounted after every merge: too slow (the lab asks for the incremental one)."""
+    msg = _rejects(lab10.check_3, lambda text, v: _train(text, v), match="right merges, but")
+    assert "update only the words" in msg
+    assert SOL["train_textbook"](lab10.KNOWN_CORPUS, 300) == lab10.KNOWN_MERGES     # the lab's given loop is right
+
+
+def _incremental(text, vocab_size, subtract=True, index_new=True):
+    """An incremental trainer with switchable bugs (forgets to subtract old pairs / to index the new ones)."""
+    counts: dict = {}
+    for p in bpe.pretokenize(text):
+        counts[p] = counts.get(p, 0) + 1
+    words, freqs = [list(p.encode()) for p in counts], list(counts.values())
+    pairs, where = {}, {}
+    for i, (w, f) in enumerate(zip(words, freqs)):
+        for p in zip(w, w[1:]):
+            pairs[p] = pairs.get(p, 0) + f
+            where.setdefault(p, set()).add(i)
+    merges = []
+    while 256 + len(merges) < vocab_size:
+        live = {p: c for p, c in pairs.items() if c > 0}
+        if not live:
+            break
+        best = min(live, key=lambda p: (-live[p], p))
+        new = 256 + len(merges)
+        for i in where.pop(best, set()):
+            w, f = words[i], freqs[i]
+            if subtract:
+                for p in zip(w, w[1:]):
+                    pairs[p] -= f
+            words[i] = w = SOL["merge"](w, best, new)
+            for p in zip(w, w[1:]):
+                pairs[p] = pairs.get(p, 0) + f
+                if index_new:
+                    where.setdefault(p, set()).add(i)
+        pairs.pop(best, None)
+        merges.append(best)
+    return merges
+
+
+def test_check_3_accepts_a_max_based_incremental_trainer_and_rejects_its_bugs():
+    lab10.check_3(_incremental)                                                   # max over counts: fast enough
+    assert "should be" in _rejects(lab10.check_3, lambda t, v: _incremental(t, v, subtract=False))
+    _rejects(lab10.check_3, lambda t, v: _incremental(t, v, index_new=False))
+
+
+def test_solution_answers_every_predict_first_question():
+    text = SOLUTION_SOURCE
+    assert text.count("Predict first") == text.count("<b>Answer") - 1 == 3       # + one block of discussion answers
+    assert "<b>Answers</b>" in text
 
 
 def test_check_3_rejects_a_trainer_that_does_not_stop():

@@ -6,6 +6,7 @@ import ast
 import functools
 import heapq
 import json
+import math
 from collections import Counter, defaultdict
 
 import pytest
@@ -157,7 +158,10 @@ def _is_lesson_cell(src: str) -> bool:
 @functools.cache
 def _notebook() -> dict:
     nb = json.loads((REPO_ROOT / "notebooks" / "10_tokenization.ipynb").read_text())
-    ns: dict = {"regex": regex, "heapq": heapq, "Counter": Counter, "defaultdict": defaultdict}
+    from utils import evidence
+
+    ns: dict = {"regex": regex, "heapq": heapq, "Counter": Counter, "defaultdict": defaultdict, "math": math,
+                "evidence": evidence}
     cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     for src in cells:
         if _is_lesson_cell(src):
@@ -185,3 +189,71 @@ def test_notebook_bpe_agrees_with_utils():
     assert ids == ref.encode(sample) == nb["library_from_merges"](merges).encode(sample).ids
     assert ours.decode(ids) == ref.decode(ids) == sample
     assert nb["bytes_per_token"](Counter(nb["pretokenize"](sample)), ours) == bpe.bytes_per_token(sample, ref.encode)
+
+
+def test_notebook_lm_yardsticks():
+    """Section 7's equal-FLOPs budget and bits per byte: a uniform model scores log2(V) bits per token."""
+    import torch
+
+    nb = _notebook()
+    plan = nb["lm_budget"](1024, 50, 32, 1e11, 64, 2, 100_000)
+    assert plan["FLOPs/token"] == 6 * (100_000 + 1024 * 64) + 6 * 2 * 50 * 64
+    assert plan["steps"] == round(1e11 / (plan["FLOPs/token"] * 32 * 50))
+
+    class Uniform(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v, self.w = v, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, self.v), None
+
+    merges = bpe.train_bpe(_shakespeare(20_000), 512)
+    tok, vocab = bpe.BPETokenizer(merges), bpe.vocab_from_merges(merges)
+    ids = torch.tensor(tok.encode(_shakespeare(20_000)[-3000:]))
+    got = nb["bits_per_byte"](Uniform(512), ids, 16, vocab)
+    scored = ids[torch.cat([torch.arange(s + 1, s + 16) for s in range(0, len(ids) - 15, 16)])]
+    assert got == pytest.approx(len(scored) * 9 / sum(len(vocab[i]) for i in scored.tolist()), rel=1e-5)
+
+
+# ---------------------------------------------------------------- special tokens (CS336 A1 style)
+EOT = "<|endoftext|>"
+
+
+def test_special_tokens_split_training_and_never_merge():
+    docs = ["the cat sat", "the hat", "a cat"] * 20
+    joined = EOT.join(docs)
+    merges = bpe.train_bpe(joined, 400, special_tokens=[EOT])
+    assert len(merges) <= 400 - 256 - 1                                    # the special counts towards vocab_size
+    vocab = bpe.vocab_from_merges(merges)
+    assert not any(b"<|" in t or b"|>" in t or b"endoftext" in t for t in vocab), "a special was learned from text"
+    # no piece spans a boundary: the counts equal the counts of the documents pre-tokenized one by one
+    assert bpe.word_counts(joined, [EOT]) == sum((Counter(bpe.pretokenize(d)) for d in docs), Counter())
+    plain = bpe.train_bpe(joined, 400)                                        # without: the separator is text
+    assert any(b"endoftext" in t for t in bpe.vocab_from_merges(plain))
+
+
+def test_special_tokens_encode_decode_and_ids():
+    merges = bpe.train_bpe(_shakespeare(20_000), 300, special_tokens=[EOT, "<|im_start|>"])
+    tok = bpe.BPETokenizer(merges, special_tokens=[EOT, "<|im_start|>"])
+    assert tok.special_ids == {EOT: 256 + len(merges), "<|im_start|>": 257 + len(merges)}
+    assert tok.vocab_size == 256 + len(merges) + 2
+    text = f"To be{EOT}<|im_start|>or not{EOT}{EOT}"
+    ids = tok.encode(text)
+    assert ids.count(tok.special_ids[EOT]) == 3 and ids.count(tok.special_ids["<|im_start|>"]) == 1
+    assert tok.decode(ids) == text
+    ordinary = tok.encode_ordinary(text)                                      # untrusted text: no special ids
+    assert not set(ordinary) & set(tok.special_ids.values()) and tok.decode(ordinary) == text
+    assert bpe.BPETokenizer(merges).encode(text) == ordinary                  # no specials: plain text
+    lib = bpe.to_tokenizers(merges, special_tokens=[EOT, "<|im_start|>"])
+    assert lib.encode(text).ids == ids
+
+
+def test_special_tokens_longest_match_first_and_bad_input():
+    assert bpe.split_on_special("a<|x|>>b", ["<|x|>", "<|x|>>"]) == ["a", "<|x|>>", "b"]
+    assert bpe.split_on_special("", [EOT]) == [] and bpe.split_on_special("ab", []) == ["ab"]
+    for bad in ([""], [EOT, EOT], EOT, [3]):
+        with pytest.raises(ValueError, match="special"):
+            bpe.BPETokenizer([], special_tokens=bad)
+    with pytest.raises(ValueError, match="special tokens"):
+        bpe.train_bpe("abc", 256, special_tokens=[EOT])

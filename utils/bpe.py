@@ -5,13 +5,19 @@ and the lab checks reuse. Token ids: 0..255 are the raw bytes, merge number i cr
 
 Text is first split by the GPT-2 regex (so merges never cross word boundaries), each piece is turned into its
 UTF-8 bytes, and merges are learned on the bytes, counting each distinct piece once with its frequency.
+
+Special tokens (document separators such as "<|endoftext|>", chat markers), as in Stanford CS336 assignment 1:
+the training text is first split on them, so no merge ever crosses a document boundary and a special string is
+never learned from its characters; they get the ids after the merges (256 + len(merges) + j) and count towards
+`vocab_size`. `BPETokenizer.encode` turns each special string into its one id; `encode_ordinary` treats it as
+plain text (what text from users should get).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import regex
 
@@ -26,6 +32,31 @@ TIE_BREAKS = ("bytes", "tokenizers")
 def pretokenize(text: str) -> list[str]:
     """Split text into the pieces BPE works inside (GPT-2 regex); ''.join(pieces) == text."""
     return _GPT2_RE.findall(text)
+
+
+def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
+    """The special tokens as a list of distinct non-empty strings (ValueError otherwise)."""
+    if isinstance(special_tokens, str):
+        raise ValueError(f"special_tokens must be a list of strings, got the string {special_tokens!r}")
+    out = list(special_tokens)
+    for t in out:
+        if not isinstance(t, str) or not t:
+            raise ValueError(f"every special token must be a non-empty string, got {t!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"special tokens must be distinct, got {out}")
+    return out
+
+
+def split_on_special(text: str, special_tokens: Sequence[str]) -> list[str]:
+    """Split text around every occurrence of a special token (longest match first); specials are kept as pieces.
+
+    ''.join(result) == text; with no special tokens the result is [text].
+    """
+    specials = check_special_tokens(special_tokens)
+    if not specials:
+        return [text] if text else []
+    pattern = "|".join(regex.escape(t) for t in sorted(specials, key=len, reverse=True))
+    return [p for p in regex.split(f"({pattern})", text) if p]
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -65,25 +96,35 @@ def merge_pair(ids: list[int], pair: Pair, new_id: int) -> list[int]:
     return out
 
 
-def word_counts(text: str) -> Counter[str]:
-    """How often each pre-tokenized piece occurs in `text`."""
-    return Counter(pretokenize(text))
+def word_counts(text: str, special_tokens: Sequence[str] = ()) -> Counter[str]:
+    """How often each pre-tokenized piece occurs in `text` (special tokens removed first: no piece spans one)."""
+    specials = set(check_special_tokens(special_tokens))
+    counts: Counter[str] = Counter()
+    for chunk in split_on_special(text, list(specials)):
+        if chunk not in specials:
+            counts.update(pretokenize(chunk))
+    return counts
 
 
 def train_bpe(text: str | Counter, vocab_size: int, tie_break: str = "bytes",
-              progress: Callable[[int], None] | None = None) -> list[Pair]:
+              progress: Callable[[int], None] | None = None, special_tokens: Sequence[str] = ()) -> list[Pair]:
     """Learn byte-level BPE merges until the vocabulary has `vocab_size` tokens (or no pair is left).
 
-    `text` is raw text or a Counter of pre-tokenized pieces. The most frequent adjacent pair is merged each step;
+    `text` is raw text or a Counter of pre-tokenized pieces. With `special_tokens` (CS336 A1 style) the text is
+    split on them before pre-tokenization, and they count towards `vocab_size`: the run learns at most
+    vocab_size - 256 - len(special_tokens) merges. The most frequent adjacent pair is merged each step;
     equal counts go to the smallest pair of ids (tie_break="bytes") or to the smallest pair in `tokenizers`' id
     order (tie_break="tokenizers", which reproduces `tokenizers.trainers.BpeTrainer` merge for merge).
     Pair counts are updated incrementally: only the words that contain the merged pair are touched.
     """
-    if vocab_size < 256:
-        raise ValueError(f"vocab_size must be >= 256 (the byte alphabet), got {vocab_size}")
+    specials = check_special_tokens(special_tokens)
+    if vocab_size < 256 + len(specials):
+        raise ValueError(f"vocab_size must be >= 256 (the byte alphabet) + {len(specials)} special tokens, "
+                         f"got {vocab_size}")
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
-    counts = word_counts(text) if isinstance(text, str) else text
+    n_merges = vocab_size - 256 - len(specials)
+    counts = word_counts(text, specials) if isinstance(text, str) else text
     base_rank = tokenizers_byte_rank() if tie_break == "tokenizers" else list(range(256))
 
     def rank(t: int) -> int:
@@ -100,7 +141,7 @@ def train_bpe(text: str | Counter, vocab_size: int, tie_break: str = "bytes",
     heap = [(-c, rank(a), rank(b), a, b) for (a, b), c in pairs.items()]
     heapq.heapify(heap)
     merges: list[Pair] = []
-    while len(merges) < vocab_size - 256 and heap:
+    while len(merges) < n_merges and heap:
         neg, _, _, a, b = heapq.heappop(heap)
         if pairs.get((a, b), 0) != -neg:   # stale entry: this pair's count changed since it was pushed
             continue
@@ -139,20 +180,25 @@ def vocab_from_merges(merges: Iterable[Pair]) -> list[bytes]:
 
 
 class BPETokenizer:
-    """Encode/decode with learned merges (lowest-rank pair first, as GPT-2 and `tokenizers` do)."""
+    """Encode/decode with learned merges (lowest-rank pair first, as GPT-2 and `tokenizers` do).
 
-    def __init__(self, merges: Iterable[Pair]):
+    Special tokens get the ids after the merges: special_tokens[j] -> 256 + len(merges) + j.
+    """
+
+    def __init__(self, merges: Iterable[Pair], special_tokens: Sequence[str] = ()):
         self.merges: list[Pair] = [tuple(m) for m in merges]
         for i, (a, b) in enumerate(self.merges):
             if not (0 <= a < 256 + i and 0 <= b < 256 + i):
                 raise ValueError(f"merge {i} {(a, b)} uses a token that does not exist yet")
         self.ranks: dict[Pair, int] = {p: i for i, p in enumerate(self.merges)}
-        self.vocab: list[bytes] = vocab_from_merges(self.merges)
+        self.special_tokens: list[str] = check_special_tokens(special_tokens)
+        self.special_ids: dict[str, int] = {t: 256 + len(self.merges) + j for j, t in enumerate(self.special_tokens)}
+        self.vocab: list[bytes] = vocab_from_merges(self.merges) + [t.encode("utf-8") for t in self.special_tokens]
         self._cache: dict[str, list[int]] = {}
 
     @property
     def vocab_size(self) -> int:
-        """Number of tokens: 256 bytes plus one per merge."""
+        """Number of tokens: 256 bytes, one per merge, one per special token."""
         return len(self.vocab)
 
     def encode_piece(self, piece: str) -> list[int]:
@@ -169,11 +215,23 @@ class BPETokenizer:
             self._cache[piece] = ids
         return ids
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`."""
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, special-token strings included, treated as plain text (for untrusted text)."""
         out: list[int] = []
         for piece in pretokenize(text):
             out.extend(self.encode_piece(piece))
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; each occurrence of a special token becomes its one id."""
+        if not self.special_tokens:
+            return self.encode_ordinary(text)
+        out: list[int] = []
+        for chunk in split_on_special(text, self.special_tokens):
+            if chunk in self.special_ids:
+                out.append(self.special_ids[chunk])
+            else:
+                out.extend(self.encode_ordinary(chunk))
         return out
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -192,8 +250,9 @@ class BPETokenizer:
             return repr(self.vocab[i])[2:-1]
 
 
-def to_tokenizers(merges: Iterable[Pair]):
-    """A `tokenizers.Tokenizer` with exactly these merges and the same ids (byte b = id b, merge i = 256 + i)."""
+def to_tokenizers(merges: Iterable[Pair], special_tokens: Sequence[str] = ()):
+    """A `tokenizers.Tokenizer` with exactly these merges and the same ids (byte b = id b, merge i = 256 + i,
+    special token j = 256 + len(merges) + j)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     merges = [tuple(m) for m in merges]
@@ -206,6 +265,11 @@ def to_tokenizers(merges: Iterable[Pair]):
     tok = Tokenizer(models.BPE(vocab={s(i): i for i in range(len(vocab))}, merges=[(s(a), s(b)) for a, b in merges]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
+    specials = check_special_tokens(special_tokens)
+    if specials:
+        from tokenizers import AddedToken
+
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tok
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 
 from .. import bpe
 from ..checking import CheckFailed, expect_close, run_check
@@ -86,8 +87,18 @@ def check_2(fn) -> None:
 
 
 # --------------------------------------------------------------------------- exercise 3
+SPEED_CHARS, SPEED_VOCAB = 100_000, 556   # the timed case: 300 merges on 100k characters of Shakespeare
+SPEED_LIMIT = 5.0                         # at most this many times the course's incremental trainer (+ 0.5 s)
+
+
+def _time(fn, *args) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
 def check_3(fn) -> None:
-    """Exercise 3: the training loop, against the course trainer (ties to the smallest pair)."""
+    """Exercise 3: the incremental trainer, against the course trainer (ties to the smallest pair) and its speed."""
 
     def tests():
         got = _as_pairs(fn(KNOWN_CORPUS, 300), "train(corpus, 300)")
@@ -95,19 +106,35 @@ def check_3(fn) -> None:
             raise CheckFailed(f"on the corpus ab×7, abc×4, bcd×2, cd×1 (one word per line) the merges should be "
                               f"{KNOWN_MERGES} ({_show(KNOWN_MERGES)}), got {got[:8]} — stop when no pair is left")
         cases = [("a tie (ab×2, cd×2)", "ab\ncd\nab\ncd\n", 258), ("accented and CJK text", UNICODE_TEXT, 300),
+                 ("overlapping pairs (aaaa, aaa)", "aaaa aaa aaaa\naaa", 262),
                  ("6,000 characters of Shakespeare", _shakespeare(), 320)]
         for name, text, v in cases:
             want = bpe.train_bpe(text, v, tie_break="bytes")
             got = _as_pairs(fn(text, v), f"train({name})")
-            if len(got) != len(want):
-                raise CheckFailed(f"{name}, vocab_size {v}: expected {len(want)} merges, got {len(got)}")
-            for i, (g, w) in enumerate(zip(got, want)):
-                if g != w:
-                    raise CheckFailed(f"{name}: merge #{i} should be {w} = {_show([w], want)}, got {g} "
-                                      f"(check bytes vs characters, word frequencies, pre-tokenization and ties)")
-        return "your merges equal the reference trainer's, ties included."
+            _same_merges(name, v, got, want)
+        text = _shakespeare(SPEED_CHARS)
+        t_ref, want = min((_time(bpe.train_bpe, text, SPEED_VOCAB) for _ in range(2)), key=lambda r: r[0])
+        t_fn, got = _time(fn, text, SPEED_VOCAB)
+        _same_merges(f"{SPEED_CHARS:,} characters of Shakespeare", SPEED_VOCAB, _as_pairs(got, "train"), want)
+        if t_fn > SPEED_LIMIT * t_ref + 0.5:
+            raise CheckFailed(f"right merges, but {SPEED_VOCAB - 256} merges on {SPEED_CHARS:,} characters took "
+                              f"{t_fn:.1f} s, {t_fn / t_ref:.0f}x the course's incremental trainer ({t_ref:.2f} s; "
+                              f"allowed {SPEED_LIMIT:g}x + 0.5 s): after a merge, update only the words that "
+                              "contained the pair instead of recounting every word")
+        return (f"your merges equal the reference trainer's, ties included, and it runs within {SPEED_LIMIT:g}x "
+                "of the course's incremental trainer.")
 
     run_check(3, tests)
+
+
+def _same_merges(name: str, v: int, got: list, want: list) -> None:
+    if len(got) != len(want):
+        raise CheckFailed(f"{name}, vocab_size {v}: expected {len(want)} merges, got {len(got)}")
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            raise CheckFailed(f"{name}: merge #{i} should be {w} = {_show([w], want)}, got {g} "
+                              f"(check bytes vs characters, word frequencies, pre-tokenization, ties, and that "
+                              f"the counts of the pairs a merge removes and creates are updated)")
 
 
 @functools.cache
