@@ -117,3 +117,22 @@ def test_copy_task():
     assert synthetic.masked_accuracy(task.oracle(b.inputs), b) == 1.0
     with pytest.raises(ValueError, match="length"):
         synthetic.Copy(length=0)
+
+
+def test_task_mix_splits_rows_between_tasks_deterministically():
+    tasks = tuple(synthetic.MQAR(vocab_size=65, n_pairs=n, seq_len=32) for n in (2, 4, 8))
+    mix = synthetic.TaskMix(tasks)
+    assert mix.seq_len == 32 and mix.vocab_size == 65
+    b = mix.batch(10, _gen(3))
+    assert _same(b, mix.batch(10, _gen(3))) and not _same(b, mix.batch(10, _gen(4)))
+    assert b.inputs.shape == (10, 32)
+    assert b.mask.sum(1).tolist() == [2] * 4 + [4] * 3 + [8] * 3                 # rows 4/3/3, in task order
+    g = _gen(3)
+    first = tasks[0].batch(4, g)                                                  # the same generator, in order
+    assert torch.equal(b.inputs[:4], first.inputs) and torch.equal(b.inputs[4:7], tasks[1].batch(3, g).inputs)
+    with pytest.raises(ValueError, match="seq_len"):
+        synthetic.TaskMix((tasks[0], synthetic.MQAR(vocab_size=65, n_pairs=2, seq_len=40)))
+    with pytest.raises(ValueError, match="non-empty"):
+        synthetic.TaskMix(())
+    with pytest.raises(ValueError, match="at least"):
+        mix.batch(2, _gen())

@@ -34,6 +34,33 @@ smallest MQAR comparison resolves at these budgets, and the numbers say why:
   holds, just (full attention per seed 0.28 / 0.29 / 0.51: still learning, hence the wide interval). So about
   2 minutes of training (3 seeds x 2 variants x 21 s) separates full from windowed attention; MHA vs MQA/GQA/MLA,
   whose recall gap is smaller, will need longer runs or a larger task than measured here.
+- MQAR as notebook 02 runs it (`TaskMix` of 2/4/8 pairs, seq_len 32, vocab 64; TinyLM d=32 with 4 heads of 8,
+  batch 32, lr 1e-2, 80 steps, about 2.5 s per variant-seed including scoring; load average about 1.5): MHA
+  recalls 0.236 / 0.129 / 0.086 at 2 / 4 / 8 pairs, below answering with a random one of the sequence's own
+  values (0.511 / 0.277 / 0.151): the models copy values but have not learned the association yet. Window of
+  8 − MHA = −0.205 ± 0.097 / −0.096 ± 0.073 / −0.055 ± 0.044: holds at every pair count. MQA (a quarter of
+  MHA's cache) −0.067 ± 0.234 / −0.034 ± 0.115 / −0.023 ± 0.062, MLA (latent 8 + RoPE key 4) −0.158 ± 0.173 /
+  −0.072 ± 0.097 / −0.042 ± 0.055, GQA-2 +0.015 ± 0.240 / −0.000 ± 0.083 / −0.001 ± 0.059: not resolved.
+  A learning rate of 3e-2 did not resolve MQA or MLA either, and 300 steps of MHA alone still stayed below the
+  own-value line (0.42–0.56 at 2 pairs).
+- What makes MHA learn the association within ~100 steps (prototypes for a redesign of notebook 02 §7, same
+  TinyLM d=32, 2 layers, 4 heads of 8, seq_len 32, 2/4/8 pairs, 1 seed unless stated; load average about 1.5–2
+  with other jobs outside the lock, so 40–50 ms per step at batch 64, 2 threads). Without a token shift nothing
+  tried crossed the own-value line at 4 or 8 pairs: vocab 32, batch 64, lr 3e-2, 300 steps: 0.695 / 0.339 / 0.196;
+  with every weight matrix redrawn at std 0.1: 0.715 / 0.400 / 0.237 after 200 steps; batch 32 or lr 5e-2
+  stayed at the line. The 2-layer solution needs a previous-token head first (Olsson et al. 2022,
+  arXiv:2209.11895), and learning it through RoPE is the slow part. Giving every attention layer the previous
+  position's input (x_t + W·x_{t−1}, a one-token shift like H3's shift SSM, arXiv:2212.14052) makes recall one
+  lookup; with init std 0.1, lr 3e-2, batch 64: vocab 64, 150 steps: MHA 0.998 / 0.997 / 0.987 (seed 0) and
+  1.000 / 1.000 / 0.998 (seed 1); seed 1, every variant: GQA-2 0.998 / 1.000 / 0.999, MQA 0.998 / 0.981 / 0.947,
+  MLA (latent 8 + RoPE key 4) 0.998 / 0.988 / 0.982, window of 8 0.045 / 0.043 / 0.034 — the small caches lose a
+  little as pairs grow, one seed. At a larger vocabulary the compressed caches learn later instead: vocab 96,
+  100 steps, MHA 0.959 / 0.895 / 0.788 vs GQA-2 0.217 / 0.101 / 0.066, MQA 0.170 / 0.074 / 0.041, MLA 0.127 /
+  0.078 / 0.042; vocab 128, 120 steps, MHA 1.000 / 0.989 / 0.969 vs MQA 0.146 / 0.063 / 0.040, MLA 0.107 /
+  0.042 / 0.034; vocab 128, 70 steps, 3 seeds: MHA 0.898 / 0.765 / 0.577, 0.643 / 0.484 / 0.321, 0.311 / 0.142 /
+  0.058 (the onset step is seed-dependent), MQA, MLA and the window below 0.21 on every seed (own-value line
+  0.487 / 0.258 / 0.137). A robust setting (100–150 steps at batch 64, 3 seeds x 5 variants) costs about 70–110 s
+  on these cores, more than notebook 02 had left (it stored at about 115 s of its 120).
 - Facts, dense at equal active parameters (FFN hidden 96, 78k parameters) vs MoE (notebook 03's layer: 1 shared
   + 16 routed experts of 32, top-2, bias balancing; 252k parameters), 4,096 facts of 6 bits (24,576 bits),
   500 steps of 512 facts (about 62 exposures per fact), 35 s dense / 41 s MoE per seed: bits stored 2,261 vs
@@ -166,6 +193,47 @@ class MQAR:
         pred = table.gather(1, inputs)
         pred[:, :2 * n] = 0                                            # not asked inside the pairs themselves
         return pred
+
+
+@dataclass(frozen=True)
+class TaskMix:
+    """Batches that mix several tasks of one sequence length in equal shares, e.g. MQAR at several pair counts.
+
+    Zoology (arXiv:2312.04927) trains a model on several MQAR settings at once (its experiment configs list several
+    training settings per run) and scores it per setting: one run per model gives a whole accuracy-vs-pairs curve
+    (score it with `task_accuracy` on each task).
+    A batch of `batch_size` rows gives each task `batch_size // len(tasks)` rows (the first tasks one more when it
+    does not divide), drawn from the one generator in task order, so a seed fixes the batch exactly.
+    """
+
+    tasks: tuple
+
+    def __post_init__(self):
+        if not isinstance(self.tasks, tuple) or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty tuple of tasks, got {self.tasks!r}")
+        if any(not hasattr(t, "batch") for t in self.tasks):
+            raise ValueError("every task must have a .batch(batch_size, generator) method")
+        lengths = {t.seq_len for t in self.tasks}
+        if len(lengths) != 1:
+            raise ValueError(f"the tasks of a mix must share one seq_len, got {sorted(lengths)}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.tasks[0].seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return max(t.vocab_size for t in self.tasks)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """`batch_size` rows, split between the tasks as equally as possible, concatenated in task order."""
+        k = len(self.tasks)
+        if batch_size < k:
+            raise ValueError(f"batch_size must be at least the number of tasks ({k}) so each gets a row, "
+                             f"got {batch_size}")
+        sizes = [batch_size // k + (i < batch_size % k) for i in range(k)]
+        parts = [t.batch(n, generator) for t, n in zip(self.tasks, sizes)]
+        return TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("inputs", "targets", "mask")))
 
 
 # --------------------------------------------------------------------------- copy (induction)
