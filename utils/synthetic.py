@@ -72,6 +72,7 @@ smallest MQAR comparison resolves at these budgets, and the numbers say why:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -448,6 +449,72 @@ def train_on_task(model: nn.Module, task, steps: int, batch_size: int = 64, lr: 
         losses.append(loss.item())
     model.eval()
     return TaskResult(losses, time.perf_counter() - t0)
+
+
+def train_seeds_on_task(models: list[nn.Module], task, steps: int, seeds: list[int], batch_size: int = 64,
+                        lr: float = 3e-3, weight_decay: float = 0.0, warmup: int | None = None,
+                        grad_clip: float = 1.0) -> list[TaskResult]:
+    """Train several copies of one architecture (one per seed) at once, as one batched computation.
+
+    `models[i]` trains exactly as `train_on_task(models[i], task, ..., seed=seeds[i], fused=False)` would (same
+    batches, AdamW with matrices decayed, schedule, per-model gradient clipping), but the copies' parameters are
+    stacked and the forward pass is `torch.func.vmap`-ed over them (PyTorch's model-ensembling recipe): tiny models
+    are overhead-bound on a CPU, so S copies cost little more than one. The models must share one architecture,
+    have no auxiliary loss, and use only operations with a vmap rule (explicit matmul + softmax attention: on a CPU
+    `F.scaled_dot_product_attention` falls back to a slow per-copy loop). Trained weights are written back into
+    `models`; returns one TaskResult per model (per-step losses; `seconds` is the shared wall time).
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from .tinylm import lr_schedule
+
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    if len(models) != len(seeds) or not models:
+        raise ValueError(f"need one seed per model, got {len(models)} models and {len(seeds)} seeds")
+    shapes = {tuple((n, tuple(p.shape)) for n, p in m.named_parameters()) for m in models}
+    if len(shapes) != 1:
+        raise ValueError("the models must share one architecture (the same parameter names and shapes)")
+    params, buffers = stack_module_state(models)          # {name: [S, *shape]} leaves that require grad
+    base = copy.deepcopy(models[0]).to("meta").train()     # the architecture, without its weights
+
+    def loss_of(p, b, inputs, targets):
+        return functional_call(base, (p, b), (inputs, targets))[1]
+
+    batched_loss = vmap(loss_of)
+    stacked = list(params.values())
+    groups = [{"params": [p for p in stacked if p.dim() >= 3], "weight_decay": weight_decay},   # matrices
+              {"params": [p for p in stacked if p.dim() < 3], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    schedule = lr_schedule(lr, steps, max(1, steps // 10) if warmup is None else warmup)
+    device = stacked[0].device
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = schedule(step)
+        batches = [task.batch(batch_size, g) for g in gens]
+        inputs = torch.stack([b.inputs for b in batches]).to(device)
+        targets = torch.stack([b.lm_targets for b in batches]).to(device)
+        loss = batched_loss(params, buffers, inputs, targets)            # [S]: each copy's loss on its batch
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()                                            # the copies do not interact
+        if grad_clip:   # per copy, as clip_grad_norm_ on each model
+            grads = [p.grad for p in stacked if p.grad is not None]
+            norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+            coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+        opt.step()
+        losses.append(loss.detach().cpu())
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        for i, m in enumerate(models):
+            m.load_state_dict({**{k: v[i] for k, v in params.items()}, **{k: v[i] for k, v in buffers.items()}})
+            m.eval()
+    per_step = torch.stack(losses) if losses else torch.zeros(0, len(models))
+    return [TaskResult(per_step[:, i].tolist(), seconds) for i in range(len(models))]
 
 
 @torch.no_grad()
