@@ -61,6 +61,17 @@ smallest MQAR comparison resolves at these budgets, and the numbers say why:
   0.058 (the onset step is seed-dependent), MQA, MLA and the window below 0.21 on every seed (own-value line
   0.487 / 0.258 / 0.137). A robust setting (100–150 steps at batch 64, 3 seeds x 5 variants) costs about 70–110 s
   on these cores, more than notebook 02 had left (it stored at about 115 s of its 120).
+- Notebook 02 §7 as stored (course machine, 2 threads, load average about 2 with other jobs outside the lock):
+  one layer instead of two (with the shift, recall is one lookup), FFN hidden 32, batch 32, lr 3e-2, init std
+  0.1, 150 steps, vocab 64, 2/4/8 pairs, the 3 seeds of a variant trained together by `train_seeds_on_task`
+  (about 5.6 s per variant for all three seeds; 28 s for five variants). Prototypes first: the same at 2 layers
+  and FFN 96 learned on some seeds only (MHA 0.44 / 0.11 / 0.78 at 2 pairs); at 1 layer MHA recalls 0.97–1.00
+  on every seed at vocab 64 and vocab 128. Stored: MHA 0.998 / 0.996 / 0.987; the latent (MLA, d_c 8 + RoPE 4)
+  recalls less at every pair count (−0.913 ± 0.058 at 8 pairs: holds), the window of 8 too (−0.951 ± 0.021);
+  GQA-2 (−0.154 ± 0.655) and MQA (−0.095 ± 0.411) not resolved: seed 0 is clearly lower for both (0.52 and 0.70
+  at 8 pairs), seeds 1 and 2 level with MHA. A latent of 16 at vocab 64 reached 0.35 / 0.12 / 0.09 at 8 pairs;
+  at vocab 128, MQA 0.37 / 0.87 / 0.10 and a latent of 16 0.25 / 0.07 / 0.97 (MHA 0.97–0.98): the compressed
+  caches learn at a seed-dependent step, and a larger vocabulary alone does not resolve them at 3 seeds.
 - Facts, dense at equal active parameters (FFN hidden 96, 78k parameters) vs MoE (notebook 03's layer: 1 shared
   + 16 routed experts of 32, top-2, bias balancing; 252k parameters), 4,096 facts of 6 bits (24,576 bits),
   500 steps of 512 facts (about 62 exposures per fact), 35 s dense / 41 s MoE per seed: bits stored 2,261 vs
