@@ -68,7 +68,7 @@ smallest MQAR comparison resolves at these budgets, and the numbers say why:
   and FFN 96 learned on some seeds only (MHA 0.44 / 0.11 / 0.78 at 2 pairs); at 1 layer MHA recalls 0.97–1.00
   on every seed at vocab 64 and vocab 128. Stored: MHA 0.998 / 0.996 / 0.987; the latent (MLA, d_c 8 + RoPE 4)
   recalls less at every pair count (−0.913 ± 0.058 at 8 pairs: holds), the window of 8 too (−0.951 ± 0.021);
-  GQA-2 (−0.154 ± 0.655) and MQA (−0.095 ± 0.411) not resolved: seed 0 is clearly lower for both (0.52 and 0.70
+  GQA-2 (−0.154 ± 0.655) and MQA (−0.095 ± 0.411) not resolved: seed 0 is clearly lower for both (0.52 and 0.69
   at 8 pairs), seeds 1 and 2 level with MHA. A latent of 16 at vocab 64 reached 0.35 / 0.12 / 0.09 at 8 pairs;
   at vocab 128, MQA 0.37 / 0.87 / 0.10 and a latent of 16 0.25 / 0.07 / 0.97 (MHA 0.97–0.98): the compressed
   caches learn at a seed-dependent step, and a larger vocabulary alone does not resolve them at 3 seeds.
