@@ -304,3 +304,22 @@ def test_mla_naive_and_absorbed_decode_steps_agree():
         with _mutated("apply_rope", lambda t, cos, sin: t):
             no_rope = (NB["mla_step_absorbed"](mla, x, c, k_rope, 9) - naive).abs().max().item()
     _check_margin("MLA absorbed vs naive decode step, RoPE dropped", (absorbed - naive).abs().max().item(), no_rope)
+
+
+def test_token_shift_adds_the_previous_positions_input():
+    shift = NB["TokenShift"](8, nn.Identity())
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = shift(x)
+    assert torch.allclose(out[:, 0], x[:, 0])                                  # nothing before the first token
+    assert torch.allclose(out[:, 1:], x[:, 1:] + x[:, :-1] @ shift.shift.weight.T, atol=1e-6)
+
+
+def test_grouped_attention_window_sees_exactly_the_last_tokens():
+    attn = NB["GroupedAttention"](16, 2, 1, window=3).eval()
+    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(0))
+    moved = x.clone()
+    moved[:, 2] += 1.0                                                         # change token 2 only
+    with torch.no_grad():
+        d = (attn(moved) - attn(x)).abs().amax(-1)[0]
+    assert (d[:2] == 0).all() and (d[2:5] > 1e-4).all() and (d[5:] == 0).all(), d   # seen by positions 2, 3, 4

@@ -288,3 +288,15 @@ def test_token_nll_agrees_with_perplexity_and_hf_loss_on_smollm2():
     assert slide.mean() < nll.mean()
     ref, other, kl = ev.compare_models(m, m, ids[:512], window=256)
     assert torch.equal(ref, other) and kl.abs().max() < 1e-5
+
+
+def test_seed_mean_interval_is_the_one_sample_t_interval():
+    a = [0.2, 0.5, 0.4]
+    iv = ev.seed_mean_interval(a)
+    lo, hi = stats.t.interval(0.95, df=2, loc=np.mean(a), scale=stats.sem(a))
+    assert iv.estimate == pytest.approx(np.mean(a)) and iv.low == pytest.approx(lo) and iv.high == pytest.approx(hi)
+    assert ev.seed_mean_interval([0.3, 0.3]) == ev.Interval(0.3, 0.3, 0.3, 0.95)
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.seed_mean_interval([0.3])
+    with pytest.raises(ValueError, match="1-D"):
+        ev.seed_mean_interval([[0.3, 0.4]])

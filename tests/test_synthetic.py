@@ -117,3 +117,49 @@ def test_copy_task():
     assert synthetic.masked_accuracy(task.oracle(b.inputs), b) == 1.0
     with pytest.raises(ValueError, match="length"):
         synthetic.Copy(length=0)
+
+
+def test_task_mix_splits_rows_between_tasks_deterministically():
+    tasks = tuple(synthetic.MQAR(vocab_size=65, n_pairs=n, seq_len=32) for n in (2, 4, 8))
+    mix = synthetic.TaskMix(tasks)
+    assert mix.seq_len == 32 and mix.vocab_size == 65
+    b = mix.batch(10, _gen(3))
+    assert _same(b, mix.batch(10, _gen(3))) and not _same(b, mix.batch(10, _gen(4)))
+    assert b.inputs.shape == (10, 32)
+    assert b.mask.sum(1).tolist() == [2] * 4 + [4] * 3 + [8] * 3                 # rows 4/3/3, in task order
+    g = _gen(3)
+    first = tasks[0].batch(4, g)                                                  # the same generator, in order
+    assert torch.equal(b.inputs[:4], first.inputs) and torch.equal(b.inputs[4:7], tasks[1].batch(3, g).inputs)
+    with pytest.raises(ValueError, match="seq_len"):
+        synthetic.TaskMix((tasks[0], synthetic.MQAR(vocab_size=65, n_pairs=2, seq_len=40)))
+    with pytest.raises(ValueError, match="non-empty"):
+        synthetic.TaskMix(())
+    with pytest.raises(ValueError, match="at least"):
+        mix.batch(2, _gen())
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")   # SDPA under vmap: correct, only slower
+def test_train_seeds_on_task_equals_training_each_seed_alone():
+    task = synthetic.TaskMix(tuple(synthetic.MQAR(vocab_size=17, n_pairs=n, seq_len=16) for n in (2, 4)))
+    cfg = tinylm.TinyConfig(d_model=16, n_layers=1, n_heads=2, context=task.seq_len, vocab_size=task.vocab_size)
+    seeds = [0, 1, 2]
+    kw = dict(steps=4, batch_size=8, lr=3e-2, weight_decay=0.1, grad_clip=0.05)   # a clip that acts on every step
+    together = [tinylm.TinyLM(cfg, seed=s) for s in seeds]
+    res = synthetic.train_seeds_on_task(together, task, seeds=seeds, **kw)
+    for s, m, r in zip(seeds, together, res):
+        alone = tinylm.TinyLM(cfg, seed=s)
+        ref = synthetic.train_on_task(alone, task, seed=s, fused=False, **kw)
+        assert max(abs(a - b) for a, b in zip(r.losses, ref.losses)) < 1e-5
+        assert max((p - q).abs().max().item() for p, q in zip(m.parameters(), alone.parameters())) < 1e-5
+        assert not m.training
+    # without the per-copy clipping the result differs: the test can tell a wrong clip
+    loose = [tinylm.TinyLM(cfg, seed=s) for s in seeds]
+    synthetic.train_seeds_on_task(loose, task, seeds=seeds, **{**kw, "grad_clip": 0.0})
+    assert max((p - q).abs().max().item() for p, q in zip(loose[0].parameters(), together[0].parameters())) > 1e-3
+    with pytest.raises(ValueError, match="one seed per model"):
+        synthetic.train_seeds_on_task(together, task, steps=1, seeds=[0])
+    with pytest.raises(ValueError, match="one architecture"):
+        other = tinylm.TinyLM(tinylm.TinyConfig(d_model=32, n_layers=1, n_heads=2, context=16, vocab_size=17))
+        synthetic.train_seeds_on_task([together[0], other], task, steps=1, seeds=[0, 1])
+    with pytest.raises(ValueError, match="steps"):
+        synthetic.train_seeds_on_task(together, task, steps=0, seeds=seeds)

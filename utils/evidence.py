@@ -423,6 +423,17 @@ def seed_interval(values_a, values_b, level: float = 0.95) -> Interval:
     return Interval(float(d.mean()), float(ci.low), float(ci.high), level)
 
 
+def seed_mean_interval(values, level: float = 0.95) -> Interval:
+    """Mean of one variant's per-seed values with a t-interval (scipy.stats.t); needs >= 2 seeds.
+
+    For error bars of a single variant; a comparison of two variants needs `seed_interval` on the paired values.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-D with one value per seed, got shape {v.shape}")
+    return seed_interval(v, np.zeros_like(v), level)   # the paired t-interval against 0 is the one-sample one
+
+
 def seed_summary(values_a, values_b, level: float = 0.95, unit: str = "", spec: str = "") -> str:
     """'mean ± half-width unit over n paired seeds (95% t-interval)' of the per-seed differences a − b."""
     iv = seed_interval(values_a, values_b, level)

@@ -34,6 +34,44 @@ smallest MQAR comparison resolves at these budgets, and the numbers say why:
   holds, just (full attention per seed 0.28 / 0.29 / 0.51: still learning, hence the wide interval). So about
   2 minutes of training (3 seeds x 2 variants x 21 s) separates full from windowed attention; MHA vs MQA/GQA/MLA,
   whose recall gap is smaller, will need longer runs or a larger task than measured here.
+- MQAR as notebook 02 runs it (`TaskMix` of 2/4/8 pairs, seq_len 32, vocab 64; TinyLM d=32 with 4 heads of 8,
+  batch 32, lr 1e-2, 80 steps, about 2.5 s per variant-seed including scoring; load average about 1.5): MHA
+  recalls 0.236 / 0.129 / 0.086 at 2 / 4 / 8 pairs, below answering with a random one of the sequence's own
+  values (0.511 / 0.277 / 0.151): the models copy values but have not learned the association yet. Window of
+  8 − MHA = −0.205 ± 0.097 / −0.096 ± 0.073 / −0.055 ± 0.044: holds at every pair count. MQA (a quarter of
+  MHA's cache) −0.067 ± 0.234 / −0.034 ± 0.115 / −0.023 ± 0.062, MLA (latent 8 + RoPE key 4) −0.158 ± 0.173 /
+  −0.072 ± 0.097 / −0.042 ± 0.055, GQA-2 +0.015 ± 0.240 / −0.000 ± 0.083 / −0.001 ± 0.059: not resolved.
+  A learning rate of 3e-2 did not resolve MQA or MLA either, and 300 steps of MHA alone still stayed below the
+  own-value line (0.42–0.56 at 2 pairs).
+- What makes MHA learn the association within ~100 steps (prototypes for a redesign of notebook 02 §7, same
+  TinyLM d=32, 2 layers, 4 heads of 8, seq_len 32, 2/4/8 pairs, 1 seed unless stated; load average about 1.5–2
+  with other jobs outside the lock, so 40–50 ms per step at batch 64, 2 threads). Without a token shift nothing
+  tried crossed the own-value line at 4 or 8 pairs: vocab 32, batch 64, lr 3e-2, 300 steps: 0.695 / 0.339 / 0.196;
+  with every weight matrix redrawn at std 0.1: 0.715 / 0.400 / 0.237 after 200 steps; batch 32 or lr 5e-2
+  stayed at the line. The 2-layer solution needs a previous-token head first (Olsson et al. 2022,
+  arXiv:2209.11895), and learning it through RoPE is the slow part. Giving every attention layer the previous
+  position's input (x_t + W·x_{t−1}, a one-token shift like H3's shift SSM, arXiv:2212.14052) makes recall one
+  lookup; with init std 0.1, lr 3e-2, batch 64: vocab 64, 150 steps: MHA 0.998 / 0.997 / 0.987 (seed 0) and
+  1.000 / 1.000 / 0.998 (seed 1); seed 1, every variant: GQA-2 0.998 / 1.000 / 0.999, MQA 0.998 / 0.981 / 0.947,
+  MLA (latent 8 + RoPE key 4) 0.998 / 0.988 / 0.982, window of 8 0.045 / 0.043 / 0.034 — the small caches lose a
+  little as pairs grow, one seed. At a larger vocabulary the compressed caches learn later instead: vocab 96,
+  100 steps, MHA 0.959 / 0.895 / 0.788 vs GQA-2 0.217 / 0.101 / 0.066, MQA 0.170 / 0.074 / 0.041, MLA 0.127 /
+  0.078 / 0.042; vocab 128, 120 steps, MHA 1.000 / 0.989 / 0.969 vs MQA 0.146 / 0.063 / 0.040, MLA 0.107 /
+  0.042 / 0.034; vocab 128, 70 steps, 3 seeds: MHA 0.898 / 0.765 / 0.577, 0.643 / 0.484 / 0.321, 0.311 / 0.142 /
+  0.058 (the onset step is seed-dependent), MQA, MLA and the window below 0.21 on every seed (own-value line
+  0.487 / 0.258 / 0.137). A robust setting (100–150 steps at batch 64, 3 seeds x 5 variants) costs about 70–110 s
+  on these cores, more than notebook 02 had left (it stored at about 115 s of its 120).
+- Notebook 02 §7 as stored (course machine, 2 threads, load average about 2 with other jobs outside the lock):
+  one layer instead of two (with the shift, recall is one lookup), FFN hidden 32, batch 32, lr 3e-2, init std
+  0.1, 150 steps, vocab 64, 2/4/8 pairs, the 3 seeds of a variant trained together by `train_seeds_on_task`
+  (about 5.6 s per variant for all three seeds; 28 s for five variants). Prototypes first: the same at 2 layers
+  and FFN 96 learned on some seeds only (MHA 0.44 / 0.11 / 0.78 at 2 pairs); at 1 layer MHA recalls 0.97–1.00
+  on every seed at vocab 64 and vocab 128. Stored: MHA 0.998 / 0.996 / 0.987; the latent (MLA, d_c 8 + RoPE 4)
+  recalls less at every pair count (−0.913 ± 0.058 at 8 pairs: holds), the window of 8 too (−0.951 ± 0.021);
+  GQA-2 (−0.154 ± 0.655) and MQA (−0.095 ± 0.411) not resolved: seed 0 is clearly lower for both (0.52 and 0.69
+  at 8 pairs), seeds 1 and 2 level with MHA. A latent of 16 at vocab 64 reached 0.35 / 0.12 / 0.09 at 8 pairs;
+  at vocab 128, MQA 0.37 / 0.87 / 0.10 and a latent of 16 0.25 / 0.07 / 0.97 (MHA 0.97–0.98): the compressed
+  caches learn at a seed-dependent step, and a larger vocabulary alone does not resolve them at 3 seeds.
 - Facts, dense at equal active parameters (FFN hidden 96, 78k parameters) vs MoE (notebook 03's layer: 1 shared
   + 16 routed experts of 32, top-2, bias balancing; 252k parameters), 4,096 facts of 6 bits (24,576 bits),
   500 steps of 512 facts (about 62 exposures per fact), 35 s dense / 41 s MoE per seed: bits stored 2,261 vs
@@ -45,6 +83,7 @@ smallest MQAR comparison resolves at these budgets, and the numbers say why:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -166,6 +205,47 @@ class MQAR:
         pred = table.gather(1, inputs)
         pred[:, :2 * n] = 0                                            # not asked inside the pairs themselves
         return pred
+
+
+@dataclass(frozen=True)
+class TaskMix:
+    """Batches that mix several tasks of one sequence length in equal shares, e.g. MQAR at several pair counts.
+
+    Zoology (arXiv:2312.04927) trains a model on several MQAR settings at once (its experiment configs list several
+    training settings per run) and scores it per setting: one run per model gives a whole accuracy-vs-pairs curve
+    (score it with `task_accuracy` on each task).
+    A batch of `batch_size` rows gives each task `batch_size // len(tasks)` rows (the first tasks one more when it
+    does not divide), drawn from the one generator in task order, so a seed fixes the batch exactly.
+    """
+
+    tasks: tuple
+
+    def __post_init__(self):
+        if not isinstance(self.tasks, tuple) or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty tuple of tasks, got {self.tasks!r}")
+        if any(not hasattr(t, "batch") for t in self.tasks):
+            raise ValueError("every task must have a .batch(batch_size, generator) method")
+        lengths = {t.seq_len for t in self.tasks}
+        if len(lengths) != 1:
+            raise ValueError(f"the tasks of a mix must share one seq_len, got {sorted(lengths)}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.tasks[0].seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return max(t.vocab_size for t in self.tasks)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """`batch_size` rows, split between the tasks as equally as possible, concatenated in task order."""
+        k = len(self.tasks)
+        if batch_size < k:
+            raise ValueError(f"batch_size must be at least the number of tasks ({k}) so each gets a row, "
+                             f"got {batch_size}")
+        sizes = [batch_size // k + (i < batch_size % k) for i in range(k)]
+        parts = [t.batch(n, generator) for t, n in zip(self.tasks, sizes)]
+        return TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("inputs", "targets", "mask")))
 
 
 # --------------------------------------------------------------------------- copy (induction)
@@ -380,6 +460,72 @@ def train_on_task(model: nn.Module, task, steps: int, batch_size: int = 64, lr: 
         losses.append(loss.item())
     model.eval()
     return TaskResult(losses, time.perf_counter() - t0)
+
+
+def train_seeds_on_task(models: list[nn.Module], task, steps: int, seeds: list[int], batch_size: int = 64,
+                        lr: float = 3e-3, weight_decay: float = 0.0, warmup: int | None = None,
+                        grad_clip: float = 1.0) -> list[TaskResult]:
+    """Train several copies of one architecture (one per seed) at once, as one batched computation.
+
+    `models[i]` trains exactly as `train_on_task(models[i], task, ..., seed=seeds[i], fused=False)` would (same
+    batches, AdamW with matrices decayed, schedule, per-model gradient clipping), but the copies' parameters are
+    stacked and the forward pass is `torch.func.vmap`-ed over them (PyTorch's model-ensembling recipe): tiny models
+    are overhead-bound on a CPU, so S copies cost little more than one. The models must share one architecture,
+    have no auxiliary loss, and use only operations with a vmap rule (explicit matmul + softmax attention: on a CPU
+    `F.scaled_dot_product_attention` falls back to a slow per-copy loop). Trained weights are written back into
+    `models`; returns one TaskResult per model (per-step losses; `seconds` is the shared wall time).
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from .tinylm import lr_schedule
+
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    if len(models) != len(seeds) or not models:
+        raise ValueError(f"need one seed per model, got {len(models)} models and {len(seeds)} seeds")
+    shapes = {tuple((n, tuple(p.shape)) for n, p in m.named_parameters()) for m in models}
+    if len(shapes) != 1:
+        raise ValueError("the models must share one architecture (the same parameter names and shapes)")
+    params, buffers = stack_module_state(models)          # {name: [S, *shape]} leaves that require grad
+    base = copy.deepcopy(models[0]).to("meta").train()     # the architecture, without its weights
+
+    def loss_of(p, b, inputs, targets):
+        return functional_call(base, (p, b), (inputs, targets))[1]
+
+    batched_loss = vmap(loss_of)
+    stacked = list(params.values())
+    groups = [{"params": [p for p in stacked if p.dim() >= 3], "weight_decay": weight_decay},   # matrices
+              {"params": [p for p in stacked if p.dim() < 3], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    schedule = lr_schedule(lr, steps, max(1, steps // 10) if warmup is None else warmup)
+    device = stacked[0].device
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = schedule(step)
+        batches = [task.batch(batch_size, g) for g in gens]
+        inputs = torch.stack([b.inputs for b in batches]).to(device)
+        targets = torch.stack([b.lm_targets for b in batches]).to(device)
+        loss = batched_loss(params, buffers, inputs, targets)            # [S]: each copy's loss on its batch
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()                                            # the copies do not interact
+        if grad_clip:   # per copy, as clip_grad_norm_ on each model
+            grads = [p.grad for p in stacked if p.grad is not None]
+            norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+            coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+        opt.step()
+        losses.append(loss.detach().cpu())
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        for i, m in enumerate(models):
+            m.load_state_dict({**{k: v[i] for k, v in params.items()}, **{k: v[i] for k, v in buffers.items()}})
+            m.eval()
+    per_step = torch.stack(losses) if losses else torch.zeros(0, len(models))
+    return [TaskResult(per_step[:, i].tolist(), seconds) for i in range(len(models))]
 
 
 @torch.no_grad()
