@@ -140,7 +140,7 @@ def sparsegpt_prune(w: torch.Tensor, xtx: torch.Tensor, sparsity: float | None =
                 else:
                     if i % m == 0:                        # N:M: choose the group's mask when its first column comes
                         sal = (W1[:, i:i + m] / dU[:, j1 + i:j1 + i + m, None]) ** 2     # [B, m, out]
-                        group_drop = ~keep_mask(sal.transpose(1, 2), n=n, m=m).transpose(1, 2)
+                        group_drop = _group_rank(sal) >= n
                     drop = group_drop[:, i % m]
                 col = W1[:, i]
                 err = col * drop / U1[:, i, i, None]      # only the pruned weights carry an error
@@ -149,6 +149,15 @@ def sparsegpt_prune(w: torch.Tensor, xtx: torch.Tensor, sparsity: float | None =
                 W1[:, i].masked_fill_(drop, 0)            # exactly zero (the update above leaves rounding)
             W[:, j2:] -= U[:, j1:j2, j2:].transpose(1, 2) @ E1
     return W.transpose(1, 2).reshape(w.shape)
+
+
+def _group_rank(sal: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = highest) of each of the m entries of sal [B, m, out] within its group; ties: the first ranks higher."""
+    m = sal.shape[1]
+    higher = (sal[:, None, :, :] > sal[:, :, None, :]).sum(2)               # how many entries of the group beat it
+    earlier = torch.tril(torch.ones(m, m, dtype=torch.bool, device=sal.device), -1)
+    ties = ((sal[:, None, :, :] == sal[:, :, None, :]) & earlier[None, :, :, None]).sum(2)
+    return higher + ties
 
 
 def output_error(w: torch.Tensor, w_new: torch.Tensor, x: torch.Tensor) -> float:
