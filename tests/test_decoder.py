@@ -9,20 +9,13 @@ from scipy.stats import chisquare
 
 from utils import decoder
 from utils.decoder import PromptLookupDraft, StaticCacheDecoder, accept_reject, expected_tokens_per_step
+from utils.model import sharp_tiny_llama
 
 
 def _tiny_llama(seed: int = 0, vocab: int = 97):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                      rope_theta=10000.0)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(std=0.3)   # sharp logits: a wrong mask or RoPE changes the argmax
-    return m
+    # sharp logits: a wrong mask or RoPE changes the argmax
+    return sharp_tiny_llama(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, head_dim=16, std=0.3, seed=seed,
+                            max_position_embeddings=256, rope_theta=10000.0)
 
 
 def _hf_greedy(m, ids: torch.Tensor, n: int, eos=None) -> list[int]:

@@ -9,19 +9,11 @@ import torch.nn.functional as F
 
 from utils import lowbit, mtp
 from utils.decoder import StaticCacheDecoder
+from utils.model import sharp_tiny_llama
 
 
 def _tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(std=0.4)
-    return m
+    return sharp_tiny_llama(vocab_size=61, hidden_size=32, num_hidden_layers=2, head_dim=8, std=0.4, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -164,3 +164,24 @@ def generate_greedy(model, tok, prompt: str, max_new_tokens: int = 32, chat: boo
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tok.eos_token_id)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def sharp_tiny_llama(*, vocab_size: int, hidden_size: int, num_hidden_layers: int, head_dim: int, std: float,
+                     seed: int = 0, num_attention_heads: int = 4, num_key_value_heads: int = 2,
+                     max_position_embeddings: int = 128, **config):
+    """A random tiny Llama (transformers) with every weight drawn from N(0, std²) after seeding with `seed`.
+
+    A large std makes the logits sharp, so a wrong mask, RoPE or shifted target changes the argmax and the loss a lot
+    (at the default std-0.02 init, attention is nearly uniform and such bugs hide). FFN width is 2 × hidden_size."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                      num_key_value_heads=num_key_value_heads, head_dim=head_dim,
+                      max_position_embeddings=max_position_embeddings, **config)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=std)
+    return model

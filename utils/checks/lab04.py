@@ -135,17 +135,11 @@ def check_3(fn) -> None:
 # --------------------------------------------------------------------------- exercise 4
 def tiny_mtp(seed: int = 0):
     """A small MTP module on a random tiny Llama (sharp enough that a shifted target changes the loss a lot)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from ..model import sharp_tiny_llama
     from ..mtp import MTPModule
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(std=0.5)
+    m = sharp_tiny_llama(vocab_size=53, hidden_size=32, num_hidden_layers=1, head_dim=8, std=0.5, seed=seed,
+                         max_position_embeddings=64)
     mtp = MTPModule(m, init_block_from_last_layer=False)
     with torch.no_grad():
         mtp.proj.weight.normal_(std=0.3)
