@@ -48,7 +48,7 @@ class Int4WeightOnlyLinear(nn.Module):
             raise ValueError(f"group must be 32, 64, 128 or 256 (the kernel's sizes), got {group}")
         if lin.bias is not None:
             raise ValueError("Int4WeightOnlyLinear supports linears without bias only")
-        w = lin.weight.detach().float()
+        w = lin.weight.detach().float().cpu()                  # a CPU kernel: its buffers live on the CPU
         n, k = w.shape
         if k % group:
             raise ValueError(f"in_features {k} is not a multiple of the group size {group}")
