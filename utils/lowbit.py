@@ -107,7 +107,8 @@ def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32,
     if grids:
         raise ValueError(f"grids given for Linears that are not int4 block projections: {sorted(grids)[:3]}")
     if head is not None:
-        m.lm_head = (Int4WeightOnlyLinear(m.lm_head, head_group or group) if head == "int4" else makers[head](m.lm_head))
+        m.lm_head = (Int4WeightOnlyLinear(m.lm_head, head_group or group) if head == "int4"
+                     else makers[head](m.lm_head))
     m = m.to(torch.bfloat16)
     rope, rope0 = m.model.rotary_emb, model.model.rotary_emb
     for name, buf in rope0.named_buffers(recurse=False):   # angles = position x frequency: keep them in fp32
