@@ -166,3 +166,36 @@ def test_quantized_copy_picks_a_kernel_per_projection(tiny):
     assert isinstance(layer.mlp.up_proj, lowbit.Int4WeightOnlyLinear)
     with pytest.raises(ValueError, match="per_projection"):
         lowbit.quantized_copy(tiny, "int4", per_projection={"attn": "int8"})
+
+
+def test_int4_linear_keeps_a_given_grid_that_min_max_would_not_find():
+    """GPTQ's groups need not use codes 0 and 15: with its grid the kernel stores its weights exactly."""
+    g = torch.Generator().manual_seed(0)
+    n, k = 16, 64
+    codes = torch.randint(2, 14, (n, k), generator=g).float()        # never 0, 1, 14 or 15
+    scale, lo = torch.full((n, k // 32), 2.0**-4), torch.full((n, k // 32), -0.5)   # exact in bf16 (zero = 0)
+    w = codes * 2.0**-4 - 0.5
+    lin = torch.nn.Linear(k, n, bias=False)
+    lin.weight.data.copy_(w)
+    x = torch.randn(3, k, generator=g)
+    want = x.bfloat16().float() @ w.T
+    exact = lowbit.Int4WeightOnlyLinear(lin, group=32, grid=(scale, lo))
+    regrid = lowbit.Int4WeightOnlyLinear(lin, group=32)
+    err_exact, err_regrid = ((exact(x).float() - want).abs().max().item(),
+                             (regrid(x).float() - want).abs().max().item())
+    assert err_exact < 0.02 * want.abs().max() and err_exact < 0.5 * err_regrid
+    with pytest.raises(ValueError, match="positive"):
+        lowbit.Int4WeightOnlyLinear(lin, group=32, grid=(torch.zeros_like(scale), lo))
+
+
+def test_quantized_copy_takes_grids(tiny):
+    w = tiny.model.layers[0].mlp.up_proj.weight.detach()
+    wg = w.reshape(w.shape[0], -1, 32)
+    lo = wg.amin(-1)
+    scale = (wg.amax(-1) - lo).clamp(min=1e-8) / 15
+    qm = lowbit.quantized_copy(tiny, "int4", group=32, grids={"model.layers.0.mlp.up_proj": (scale, lo)})
+    plain = lowbit.quantized_copy(tiny, "int4", group=32)
+    a, b = qm.model.layers[0].mlp.up_proj, plain.model.layers[0].mlp.up_proj
+    assert torch.equal(a.packed, b.packed) and torch.equal(a.scales_zeros, b.scales_zeros)   # min-max grid: same
+    with pytest.raises(ValueError, match="not int4 block projections"):
+        lowbit.quantized_copy(tiny, "int4", grids={"model.layers.0.mlp.nope": (scale, lo)})

@@ -250,3 +250,16 @@ def test_awq_clip_never_increases_the_group_output_error_and_rejects_bad_groups(
     assert (c != w).any()                           # some groups are clipped
     with pytest.raises(ValueError, match="does not divide"):
         NB.awq_clip(w, x, 4, 48)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(act_order=True, static_groups=True)])
+def test_gptq_return_grid_reproduces_its_weights_with_integer_codes(kw):
+    """The grids GPTQ returns are the ones its weights lie on: an int4 kernel can store them exactly."""
+    w, x = _layer(1)
+    q, scale, lo = NB.gptq_quantize(w, x.T @ x, 4, 32, damp=0.05, return_grid=True, **kw)
+    assert scale.shape == lo.shape == (w.shape[0], w.shape[1] // 32)
+    codes = (q.reshape(w.shape[0], -1, 32) - lo[..., None]) / scale[..., None]
+    assert (codes - codes.round()).abs().max() < 1e-3 and codes.min() > -1e-3 and codes.max() < 15 + 1e-3
+    assert torch.equal(q, NB.gptq_quantize(w, x.T @ x, 4, 32, damp=0.05, **kw))
+    with pytest.raises(ValueError, match="return_grid"):
+        NB.gptq_quantize(w, x.T @ x, 4, None, return_grid=True)

@@ -96,10 +96,19 @@ def _nearest_u8(v: np.ndarray) -> np.ndarray:
     return (np.rint(v).astype(np.int64) & 0xFF).astype(np.uint8)
 
 
-def q4_k_encode(w: np.ndarray | torch.Tensor) -> np.ndarray:
-    """fp32 weights [rows, k] (k a multiple of 256) -> uint8 [rows, k/256*144], byte-identical to ggml's Q4_K."""
+def q4_k_encode(w: np.ndarray | torch.Tensor, chunk: int = 256) -> np.ndarray:
+    """fp32 weights [rows, k] (k a multiple of 256) -> uint8 [rows, k/256*144], byte-identical to ggml's Q4_K.
+
+    Super-blocks are independent: they are encoded `chunk` at a time, so the search's many passes stay in cache."""
     a = _as_rows(w, QK_K)
     rows, k = a.shape
+    flat = a.reshape(-1, QK_K)
+    out = np.concatenate([_q4_k_encode_blocks(flat[i:i + chunk]) for i in range(0, flat.shape[0], chunk)])
+    return out.reshape(rows, (k // QK_K) * Q4_K_BLOCK_BYTES)
+
+
+def _q4_k_encode_blocks(a: np.ndarray) -> np.ndarray:
+    """Super-blocks [n, 256] -> their Q4_K bytes [n, 144]."""
     x = a.reshape(-1, 8, 32)                                   # super-blocks x sub-blocks x weights
     nb = x.shape[0]
     sub = np.ascontiguousarray(x.reshape(-1, 32).T)            # [32, sub-blocks]: fast in-order sums
@@ -134,8 +143,7 @@ def q4_k_encode(w: np.ndarray | torch.Tensor) -> np.ndarray:
 
     pairs = L.reshape(nb, 4, 2, 32)                              # chunks of 64: low nibble j, high nibble j + 32
     qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(nb, 128)
-    out = np.concatenate([d16[:, None].view(np.uint8), dmin16[:, None].view(np.uint8), packed, qs], axis=1)
-    return out.reshape(rows, (k // QK_K) * Q4_K_BLOCK_BYTES)
+    return np.concatenate([d16[:, None].view(np.uint8), dmin16[:, None].view(np.uint8), packed, qs], axis=1)
 
 
 def q4_k_decode(raw: np.ndarray | torch.Tensor, k: int) -> np.ndarray:

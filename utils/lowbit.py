@@ -38,19 +38,28 @@ class Int8WeightOnlyLinear(nn.Module):
 class Int4WeightOnlyLinear(nn.Module):
     """y = x @ W^T with W as packed asymmetric int4 in groups of `group` inputs; bf16 activations (tinygemm)."""
 
-    def __init__(self, lin: nn.Linear, group: int = 32):
+    def __init__(self, lin: nn.Linear, group: int = 32,
+                 grid: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """`grid`: (scale, minimum), each [out, in/group], of weights that already lie on an asymmetric int4 grid
+        (e.g. GPTQ's, whose groups need not use codes 0 and 15): the codes are taken on that grid instead of one
+        recomputed from each group's min and max."""
         super().__init__()
         if group not in (32, 64, 128, 256):
             raise ValueError(f"group must be 32, 64, 128 or 256 (the kernel's sizes), got {group}")
         if lin.bias is not None:
             raise ValueError("Int4WeightOnlyLinear supports linears without bias only")
-        w = lin.weight.detach().float()
+        w = lin.weight.detach().float().cpu()                  # a CPU kernel: its buffers live on the CPU
         n, k = w.shape
         if k % group:
             raise ValueError(f"in_features {k} is not a multiple of the group size {group}")
         wg = w.reshape(n, k // group, group)
-        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-        scale = (hi - lo).clamp(min=1e-8) / 15
+        if grid is None:
+            lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+            scale = (hi - lo).clamp(min=1e-8) / 15
+        else:
+            scale, lo = (g.detach().float().to(w.device).reshape(n, k // group, 1) for g in grid)
+            if not bool((scale > 0).all()):
+                raise ValueError("grid scales must be positive")
         q = torch.round((wg - lo) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
         # the kernel's convention: w = (q - 8) * scale + zero, so zero = lo + 8 * scale
         sz = torch.stack([scale.squeeze(-1), (lo + 8 * scale).squeeze(-1)], -1).transpose(0, 1).contiguous()
@@ -66,12 +75,15 @@ class Int4WeightOnlyLinear(nn.Module):
 
 
 def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32,
-                   per_projection: dict[str, str] | None = None):
+                   per_projection: dict[str, str] | None = None, head_group: int | None = None,
+                   grids: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
     """A copy of `model` with the decoder blocks' linears in `blocks` ('bf16', 'int8' or 'int4') and the output head
     in `head` ('int8', 'int4' or None: bf16); norms and embedding become bf16, RoPE frequencies stay fp32. The
     original is not modified. `per_projection` overrides `blocks` per projection name (e.g. {'down_proj': 'int8'}):
-    a kernel picked per shape."""
+    a kernel picked per shape. `head_group`: the int4 head's group size (default `group`). `grids` maps block
+    Linear names (``model.layers.0.mlp.up_proj``) to the (scale, minimum) int4 grid their weights lie on."""
     makers = {"int8": Int8WeightOnlyLinear, "int4": lambda lin: Int4WeightOnlyLinear(lin, group)}
+    grids = dict(grids or {})
     per_projection = dict(per_projection or {})
     if blocks not in (*makers, "bf16") or (head is not None and head not in makers):
         raise ValueError(f"blocks must be 'bf16', 'int8' or 'int4' and head 'int8', 'int4' or None, got {blocks!r}, "
@@ -83,14 +95,20 @@ def quantized_copy(model, blocks: str, head: str | None = None, group: int = 32,
     if head is not None and m.lm_head.weight is m.get_input_embeddings().weight:
         m.lm_head = nn.Linear(m.lm_head.in_features, m.lm_head.out_features, bias=False)
         m.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
-    for layer in m.model.layers:
-        for mod in (layer.self_attn, layer.mlp):
+    for i, layer in enumerate(m.model.layers):
+        for part, mod in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
             for name, child in list(mod.named_children()):
                 fmt = per_projection.get(name, blocks)
-                if isinstance(child, nn.Linear) and fmt != "bf16":
+                full = f"model.layers.{i}.{part}.{name}"
+                if isinstance(child, nn.Linear) and fmt == "int4" and full in grids:
+                    setattr(mod, name, Int4WeightOnlyLinear(child, group, grid=grids.pop(full)))
+                elif isinstance(child, nn.Linear) and fmt != "bf16":
                     setattr(mod, name, makers[fmt](child))
+    if grids:
+        raise ValueError(f"grids given for Linears that are not int4 block projections: {sorted(grids)[:3]}")
     if head is not None:
-        m.lm_head = makers[head](m.lm_head)
+        m.lm_head = (Int4WeightOnlyLinear(m.lm_head, head_group or group) if head == "int4"
+                     else makers[head](m.lm_head))
     m = m.to(torch.bfloat16)
     rope, rope0 = m.model.rotary_emb, model.model.rotary_emb
     for name, buf in rope0.named_buffers(recurse=False):   # angles = position x frequency: keep them in fp32
