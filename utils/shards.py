@@ -253,15 +253,21 @@ class TextWindows(torch.utils.data.Dataset):
     """Map-style, tokenizing on the fly: item i = (x, y) from the first `context` + 1 tokens of text chunk i.
 
     `encode` maps a string to a list of ids and must be picklable (a `tokenizers.Tokenizer`'s encode, or the course's
-    pure-Python `utils.bpe.BPETokenizer.encode`). Short chunks are padded with `pad_id`."""
+    pure-Python `utils.bpe.BPETokenizer.encode`). Short chunks are padded with `pad_id`. `memo=False` empties the
+    encoder's word cache (`_cache`, as `BPETokenizer` has) before every item: preprocessing that cannot be memoised."""
 
-    def __init__(self, chunks: Sequence[str], encode, context: int, pad_id: int = 0):
+    def __init__(self, chunks: Sequence[str], encode, context: int, pad_id: int = 0, memo: bool = True):
         self.chunks, self.encode, self.context, self.pad_id = list(chunks), encode, int(context), pad_id
+        self.memo = memo
+        if not memo and not hasattr(getattr(encode, "__self__", None), "_cache"):
+            raise ValueError("memo=False needs an encoder method whose object has a `_cache` (utils.bpe.BPETokenizer)")
 
     def __len__(self) -> int:
         return len(self.chunks)
 
     def __getitem__(self, i: int):
+        if not self.memo:
+            self.encode.__self__._cache.clear()
         ids = self.encode(self.chunks[i])
         ids = getattr(ids, "ids", ids)[: self.context + 1]
         ids = list(ids) + [self.pad_id] * (self.context + 1 - len(ids))
