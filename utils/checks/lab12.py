@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import tempfile
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +264,9 @@ def check_6(stream_cls, tokens) -> None:
             ctx, worker_runs = mp.get_context("fork"), [0, 2]   # a class defined in a notebook reaches forked workers
         for nw in worker_runs:
             for stop in (1, 4):
-                problem = _resume_ok(stream_cls, tokens[:8 * 40 + 1], context, nw, stop, ctx)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")   # torchdata 0.11
+                    problem = _resume_ok(stream_cls, tokens[:8 * 40 + 1], context, nw, stop, ctx)
                 if problem:
                     raise CheckFailed(problem)
         extra = "" if 2 in worker_runs else " (0 workers only: this system cannot fork)"
