@@ -192,3 +192,11 @@ def test_window_dataset_and_pickling(tmp_path):
     assert len(blob) < 1000                   # a worker receives the path, not the tokens
     assert torch.equal(pickle.loads(blob)[3][0], x)
     assert json.loads((tmp_path / "stream.json").read_text())["dtype"] == "uint16"
+
+
+def test_smollm2_tokenizer_alone_fits_uint16():
+    from utils.model import load_tokenizer
+
+    tok = load_tokenizer()
+    assert tok.vocab_size == 49_152 and shards.dtype_for_vocab(len(tok)) == np.uint16
+    assert tok.backend_tokenizer.token_to_id("<|endoftext|>") == 0
