@@ -81,6 +81,7 @@ def test_check_2_rejects_wrong_predictions():
     _rejects(lab12.check_2, lambda ids: 8.0, match="predicted")
     _rejects(lab12.check_2, lambda ids: 36.0, match="predicted")
     _rejects(lab12.check_2, lambda ids: 2.0, match="predicted")
+    _rejects(lab12.check_2, lambda ids: 8 + 28 * float(np.mean(np.asarray(ids) > 256)), match="as allocated")
 
 
 def test_check_3_rejects_wrong_packing():
