@@ -115,6 +115,23 @@ def load_smollm2(dtype: torch.dtype | str = torch.float32, device: str = "cpu"):
     return _load(dtype, resolve_device(device))
 
 
+def load_tokenizer():
+    """SmolLM2's tokenizer alone (transformers' fast tokenizer from the converted copy), without loading the weights."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_verified_dir())
+
+
+def release_cached_models() -> None:
+    """Forget the process-wide cached models of `load_smollm2`, so that their memory is freed once no one else
+    holds them (delete your own references too)."""
+    import gc
+
+    _load.cache_clear()
+    gc.collect()
+
+
 def perplexity(model, ids: torch.Tensor, window: int = TOKENS_PER_WINDOW, max_windows: int | None = None,
                batch_size: int = 4) -> float:
     """Perplexity of a 1-D token stream cut into non-overlapping windows of `window` tokens.
