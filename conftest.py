@@ -7,6 +7,7 @@ against its budget (utils.report) like `make course` does. Figures in that repor
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -14,6 +15,49 @@ import pytest
 
 _runs: dict[str, dict] = {}
 _active: dict = {}
+
+
+def _tolerate_float_rounding() -> None:
+    """Let nbval accept a text output whose decimal numbers moved only in their last printed digits (utils.nbcompare:
+    the same fp32 code sums in another order on another CPU); words, verdicts and integers stay exact."""
+    try:
+        from nbval import plugin
+    except ImportError:
+        return
+    if getattr(plugin.IPyNbCell.compare_outputs, "_course_tolerant", False):
+        return
+    from utils.nbcompare import close_text
+
+    exact = plugin.IPyNbCell.compare_outputs
+
+    def _text(out: dict):
+        if out.get("output_type") == "stream":
+            return out, "text"
+        if "data" in out and "text/plain" in out["data"]:
+            return out["data"], "text/plain"
+        return None, None
+
+    def compare_outputs(self, test, ref, skip_compare=None):
+        if len(test) == len(ref):
+            test = copy.deepcopy(test)                       # NotebookNodes: nbval reads them by attribute
+            for t, r in zip(test, ref):
+                (tc, key), (rc, rkey) = _text(t), _text(r)
+                if tc is None or rc is None or key != rkey or t.get("name") != r.get("name"):
+                    continue
+                a, b = self.sanitize(rc[key]), self.sanitize(tc[key])
+                if a != b and close_text(a, b):
+                    tc[key] = rc[key]
+        return exact(self, test, ref, skip_compare)
+
+    compare_outputs._course_tolerant = True
+    plugin.IPyNbCell.compare_outputs = compare_outputs
+
+
+_tolerate_float_rounding()
+
+from utils.nbcompare import use_reproducible_numerics  # noqa: E402
+
+use_reproducible_numerics()   # before torch is imported here or in a kernel: see utils.nbcompare
 
 
 def pytest_collection_modifyitems(items):

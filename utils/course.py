@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.store and args.smoke:
         p.error("--store stores default-parameter outputs; it cannot be combined with --smoke")
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    if args.store:                  # stored outputs are produced in the mode nbval checks them in (utils.nbcompare)
+        from .nbcompare import use_reproducible_numerics
+
+        use_reproducible_numerics()
     nbs = course_notebooks(args.only)
     if not nbs:
         print("No notebooks matched.", file=sys.stderr)
