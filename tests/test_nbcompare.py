@@ -13,7 +13,8 @@ def test_last_digit_noise_is_accepted():
 
 
 def test_anything_else_is_refused():
-    assert not close_text("70.46", "70.50")                       # beyond two units of the last digit
+    assert close_text("PPL 153.16", "PPL 153.19")                   # within 0.1%
+    assert not close_text("70.46", "70.60")                       # beyond two units of the last digit and 0.1%
     assert not close_text("Δ −0.11 holds", "Δ −0.11 not resolved")  # a verdict moved
     assert not close_text("11,880 bytes", "11,881 bytes")         # integers are exact
     assert not close_text("3 experts", "4 experts")
