@@ -4,6 +4,7 @@ that is disjoint and complete (two real processes)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -12,6 +13,14 @@ import torch
 
 from utils import shards
 from utils.model import sharp_tiny_llama
+
+
+@pytest.fixture(autouse=True)
+def _current_shards_module():
+    """tests/test_grade.py's sandbox swaps utils.* entries of sys.modules: pickling a dataset for DataLoader workers
+    needs the class that sys.modules holds now, not the one imported when this file was collected."""
+    global shards
+    shards = importlib.import_module("utils.shards")
 
 
 def _docs(n_docs=12, vocab=1000, seed=0, lo=1, hi=60):
