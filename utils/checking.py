@@ -36,6 +36,19 @@ def run_check(exercise: int, tests: Callable[[], str]) -> None:
     print(f"✅ Exercise {exercise} passed" + (f": {msg}" if msg else "."))
 
 
+def expect_value_error(what: str, call) -> None:
+    """`call()` must refuse bad input with a ValueError (a clear message); anything else is a CheckFailed."""
+    try:
+        call()
+    except ValueError:
+        return
+    except CheckFailed:
+        raise
+    except Exception as e:
+        raise CheckFailed(f"{what}: expected a ValueError with a clear message, got {type(e).__name__}: {e}") from None
+    raise CheckFailed(f"{what}: expected a ValueError (bad input must be refused), but it returned normally")
+
+
 def _num(x) -> float:
     if torch.is_tensor(x):
         if x.numel() != 1:

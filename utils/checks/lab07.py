@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checking import CheckFailed, expect_tensor, run_check
+from ..checking import CheckFailed, expect_tensor, expect_value_error, run_check
 from ..checking import seeded_randn as _rand
-
-
-def _expect_value_error(what: str, call) -> None:
-    try:
-        call()
-    except ValueError:
-        return
-    except CheckFailed:
-        raise
-    except Exception as e:
-        raise CheckFailed(f"{what}: expected a ValueError with a clear message, got {type(e).__name__}: {e}") from None
-    raise CheckFailed(f"{what}: expected a ValueError (bad input must be refused), but it returned normally")
 
 
 def _row_keep_ref(score: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -54,7 +42,7 @@ def check_1(fn) -> None:
             _check_row_mask(f"magnitude_mask_per_row(w [{o}, {i}], {s})", fn(w, s), w.abs(), s, "|w|")
         w = _rand(4, 8, seed=1)
         for bad in (-0.1, 1.0, 1.5):
-            _expect_value_error(f"magnitude_mask_per_row(w, sparsity={bad})", lambda bad=bad: fn(w, bad))
+            expect_value_error(f"magnitude_mask_per_row(w, sparsity={bad})", lambda bad=bad: fn(w, bad))
         return "each row loses exactly its share of smallest |w|; sparsity outside [0, 1) is refused."
 
     run_check(1, tests)
@@ -117,8 +105,8 @@ def check_3(fn) -> None:
                 raise CheckFailed(f"{what}: in some group a removed weight scores higher than a kept one: keep the "
                                   f"top {n} of each group")
         s = _rand(4, 8, seed=3).abs()
-        _expect_value_error("nm_mask(score, n=4, m=4) (n must be < m)", lambda: fn(s, 4, 4))
-        _expect_value_error("nm_mask(score [4, 10], 2, 4) (width not divisible by m)",
+        expect_value_error("nm_mask(score, n=4, m=4) (n must be < m)", lambda: fn(s, 4, 4))
+        expect_value_error("nm_mask(score [4, 10], 2, 4) (width not divisible by m)",
                             lambda: fn(_rand(4, 10, seed=4).abs(), 2, 4))
         return "exactly n non-zeros in every group of m consecutive inputs; n >= m and ragged widths refused."
 
@@ -222,9 +210,9 @@ def check_5(fn) -> None:
                                   f"masked by up to {(got - want).abs().max().item():.3g}: remove the head's rows of "
                                   "wq, wk and wv (head h is rows h·head_dim .. (h+1)·head_dim − 1) and the same "
                                   "*columns* of wo")
-        _expect_value_error(f"remove_heads(..., heads=[0, 1, 2, 3]) (all {H} heads)",
+        expect_value_error(f"remove_heads(..., heads=[0, 1, 2, 3]) (all {H} heads)",
                             lambda: fn(*mats, wo, [0, 1, 2, 3], hd))
-        _expect_value_error("remove_heads(..., heads=[5]) (no head 5)", lambda: fn(*mats, wo, [5], hd))
+        expect_value_error("remove_heads(..., heads=[5]) (no head 5)", lambda: fn(*mats, wo, [5], hd))
         return "the smaller layer equals the original with those heads masked, exactly; bad head lists refused."
 
     run_check(5, tests)

@@ -7,19 +7,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..checking import CheckFailed, expect_tensor, run_check
-
-
-def _expect_value_error(what: str, call) -> None:
-    try:
-        call()
-    except ValueError:
-        return
-    except CheckFailed:
-        raise
-    except Exception as e:
-        raise CheckFailed(f"{what}: expected a ValueError with a clear message, got {type(e).__name__}: {e}") from None
-    raise CheckFailed(f"{what}: expected a ValueError (bad input must be refused), but it returned normally")
+from ..checking import CheckFailed, expect_tensor, expect_value_error, run_check
 
 
 def _logits(seed: int, shape=(2, 6, 30), scale: float = 3.0) -> torch.Tensor:
@@ -64,7 +52,7 @@ def check_1(fn) -> None:
             raise CheckFailed("softmax_t([1000, 999, -1000], 1) gave inf/nan: subtract the row maximum before exp "
                               "(softmax is unchanged by a constant shift), or use torch.softmax")
         for bad in (0.0, -1.0):
-            _expect_value_error(f"softmax_t(x, T={bad})", lambda bad=bad: fn(_logits(0), bad))
+            expect_value_error(f"softmax_t(x, T={bad})", lambda bad=bad: fn(_logits(0), bad))
         return "matches softmax(x / T) at T = 0.5, 1, 2, 7, survives logits of 1000, refuses T ≤ 0."
 
     run_check(1, tests)
@@ -101,7 +89,7 @@ def _check_kl(what: str, fn, ref, other, other_name: str) -> None:
     if not torch.is_tensor(val) or not val.requires_grad:
         raise CheckFailed(f"{what} must return a tensor that keeps the graph (no .item(), no torch.no_grad) so a "
                           "student can be trained on it")
-    _expect_value_error(f"{what} with vocabularies 30 vs 31",
+    expect_value_error(f"{what} with vocabularies 30 vs 31",
                         lambda: fn(_logits(0), _logits(1, shape=(2, 6, 31)), 1.0))
 
 
@@ -151,7 +139,7 @@ def check_4(teacher_topk, forward_kl_topk) -> None:
             if not torch.equal(torch.gather(te, -1, idx.long()), torch.gather(te, -1, want_idx)):
                 raise CheckFailed(f"teacher_topk(x, {k}) indices do not point at the k largest logits")
         for bad in (0, 31):
-            _expect_value_error(f"teacher_topk(x, k={bad}) with a vocabulary of 30",
+            expect_value_error(f"teacher_topk(x, k={bad}) with a vocabulary of 30",
                                 lambda bad=bad: teacher_topk(te, bad))
         for seed, k, t in [(31, 30, 1.0), (32, 30, 2.0), (33, 8, 1.0), (34, 4, 3.0)]:
             s, te = _logits(seed), _logits(seed + 100)
