@@ -125,6 +125,28 @@ class SearchSpace:
         return out
 
 
+def mutate(arch: Arch, space: SearchSpace, rng) -> Arch:
+    """A valid member of `space` that differs from `arch` in one field (the field and its new choice drawn from the
+    numpy Generator `rng`; MLA children get n_kv_heads = n_heads; invalid draws are redrawn)."""
+    valid = set(space.members())
+    names = list(space.choices())
+    for _ in range(1000):
+        name = names[rng.integers(len(names))]
+        options = [c for c in space.choices()[name] if c != getattr(arch, name)]
+        if not options:
+            continue
+        child = {**arch.as_dict(), name: options[rng.integers(len(options))]}
+        if child["attention"] == "mla":
+            child["n_kv_heads"] = child["n_heads"]
+        try:
+            child = Arch(**child)
+        except ValueError:
+            continue
+        if child in valid and child != arch:
+            return child
+    raise ValueError(f"{arch.label()} has no valid one-field mutation in this space")
+
+
 # --------------------------------------------------------------------------- blocks
 class LatentAttention(nn.Module):
     """MLA for training (DeepSeek-V2, arXiv:2405.04434 §2.1): keys and values come up from a shared latent of
@@ -329,14 +351,22 @@ def proxy_quality(arch: Arch, setup: ProxySetup = ProxySetup(), steps: int | Non
 
 
 def tabulate(space: SearchSpace | None = None, setup: ProxySetup = ProxySetup(), sample_every: int = 7,
-             repeats: int = 15, progress: bool = True) -> dict:
+             repeats: int = 15, threads: int = 1, progress: bool = True) -> dict:
     """Measure everything notebook 09 stores: per-block and whole-model latency (ms, best-of-`repeats`), FLOPs,
     parameters and the proxy of every member; for every `sample_every`-th member also a second proxy seed and the
-    long run. Takes minutes; run it under the course's heavy lock (`python -m utils.nas`)."""
+    long run, all with `threads` torch threads (1: a tiny model gains nothing from a second thread, and loses a lot
+    when another process holds that core). Takes minutes; run it under the course's heavy lock (`python -m
+    utils.nas`)."""
     from tqdm.auto import tqdm
 
     from .measure import fingerprint
+    from .timing import threads as torch_threads
 
+    with torch_threads(threads):
+        return _tabulate(space, setup, sample_every, repeats, progress, fingerprint, tqdm)
+
+
+def _tabulate(space, setup, sample_every, repeats, progress, fingerprint, tqdm) -> dict:
     space = space or SearchSpace()
     T, V = setup.seq_len, setup.vocab_size
     members = space.members()
