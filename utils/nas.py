@@ -302,6 +302,31 @@ def flops(arch: Arch, context: int, vocab_size: int) -> int:
         return count_flops(lambda: model(token_inputs(context, vocab_size)))[0]
 
 
+def measure_latency(archs, context: int, vocab_size: int, repeats: int = 30, rounds: int = 3,
+                    progress: bool = True) -> tuple[dict[str, float], list[float]]:
+    """(per-block table {key: ms}, whole-model ms of each arch): the minimum over `rounds` interleaved rounds of
+    best-of-`repeats` timings, so that a burst of another process's work in one round does not stick."""
+    from tqdm.auto import tqdm
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be positive, got {rounds}")
+    archs = list(archs)
+    blocks: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+    for a in archs:
+        for key, module in block_modules(a, context, vocab_size).items():
+            blocks.setdefault(key, (module, block_inputs(key, context, vocab_size, a.d_model)))
+    models = [build(a, context, vocab_size).eval() for a in archs]
+    ids = token_inputs(context, vocab_size)
+    block_ms = {k: float("inf") for k in blocks}
+    model_ms = [float("inf")] * len(archs)
+    for _ in tqdm(range(rounds), desc="timing rounds", disable=not progress):
+        for k, (module, x) in blocks.items():
+            block_ms[k] = min(block_ms[k], forward_ms(module, x, repeats))
+        for i, m in enumerate(models):
+            model_ms[i] = min(model_ms[i], forward_ms(m, ids, repeats))
+    return block_ms, model_ms
+
+
 # --------------------------------------------------------------------------- the stored table of notebook 09
 TABLE_PATH = Path(__file__).parent / "data" / "nas09_course_machine.json"
 
@@ -351,7 +376,7 @@ def proxy_quality(arch: Arch, setup: ProxySetup = ProxySetup(), steps: int | Non
 
 
 def tabulate(space: SearchSpace | None = None, setup: ProxySetup = ProxySetup(), sample_every: int = 7,
-             repeats: int = 15, threads: int = 1, progress: bool = True) -> dict:
+             repeats: int = 30, rounds: int = 3, threads: int = 1, train: bool = True, progress: bool = True) -> dict:
     """Measure everything notebook 09 stores: per-block and whole-model latency (ms, best-of-`repeats`), FLOPs,
     parameters and the proxy of every member; for every `sample_every`-th member also a second proxy seed and the
     long run, all with `threads` torch threads (1: a tiny model gains nothing from a second thread, and loses a lot
@@ -363,22 +388,22 @@ def tabulate(space: SearchSpace | None = None, setup: ProxySetup = ProxySetup(),
     from .timing import threads as torch_threads
 
     with torch_threads(threads):
-        return _tabulate(space, setup, sample_every, repeats, progress, fingerprint, tqdm)
+        return _tabulate(space, setup, sample_every, repeats, rounds, train, progress, fingerprint, tqdm)
 
 
-def _tabulate(space, setup, sample_every, repeats, progress, fingerprint, tqdm) -> dict:
+def _tabulate(space, setup, sample_every, repeats, rounds, train, progress, fingerprint, tqdm) -> dict:
     space = space or SearchSpace()
     T, V = setup.seq_len, setup.vocab_size
     members = space.members()
-    blocks: dict[str, float] = {}
+    blocks, latency = measure_latency(members, T, V, repeats, rounds, progress)
     rows = []
     for i, arch in enumerate(tqdm(members, desc="tabulating", disable=not progress)):
-        for key, module in block_modules(arch, T, V).items():
-            if key not in blocks:
-                blocks[key] = forward_ms(module, block_inputs(key, T, V, arch.d_model), repeats)
         model = build(arch, T, V).eval()
         row = {"arch": arch.as_dict(), "params": model.num_params(), "flops": flops(arch, T, V),
-               "latency_ms": forward_ms(model, token_inputs(T, V), repeats)}
+               "latency_ms": latency[i]}
+        if not train:
+            rows.append(row)
+            continue
         q = proxy_quality(arch, setup, seed=0)
         row.update(proxy_loss=q["loss"], proxy_acc=q["acc"], proxy_seconds=q["seconds"])
         if i % sample_every == 0:
@@ -387,7 +412,8 @@ def _tabulate(space, setup, sample_every, repeats, progress, fingerprint, tqdm) 
             row.update(proxy_loss_seed1=q1["loss"], long_loss=ql["loss"], long_acc=ql["acc"],
                        long_seconds=ql["seconds"])
         rows.append(row)
-    return {"machine": str(fingerprint("cpu")), "threads": torch.get_num_threads(), "setup": asdict(setup),
+    return {"machine": str(fingerprint("cpu")), "threads": torch.get_num_threads(), "repeats": repeats,
+            "rounds": rounds, "setup": asdict(setup),
             "space": {k: list(v) for k, v in space.choices().items()}, "block_ms": blocks, "rows": rows}
 
 
@@ -403,9 +429,20 @@ def load_table(path: Path | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    import argparse
     import json
 
-    table = tabulate()
+    parser = argparse.ArgumentParser(description="Measure notebook 09's stored table on this machine (minutes).")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="re-measure FLOPs and latency only, keeping the stored proxy results")
+    args = parser.parse_args()
+    table = tabulate(train=not args.latency_only)
+    if args.latency_only:
+        old = load_table()
+        for new_row, old_row in zip(table["rows"], old["rows"]):
+            if new_row["arch"] != old_row["arch"]:
+                raise ValueError("the stored table lists other architectures: run without --latency-only")
+            new_row.update({k: v for k, v in old_row.items() if k not in new_row})
     TABLE_PATH.parent.mkdir(exist_ok=True)
     TABLE_PATH.write_text(json.dumps(table, indent=1))
     print(f"wrote {TABLE_PATH} ({len(table['rows'])} architectures, {len(table['block_ms'])} blocks)")
