@@ -101,9 +101,10 @@ def to_fp8(model: nn.Module, granularity: str = "tile", tile: int = 128, pad: bo
              if type(child) is nn.Linear]
     if not swaps:
         raise ValueError(f"no nn.Linear found under model.{within}")
+    biased = [name for _, name, lin in swaps if lin.bias is not None]
+    if biased:
+        raise ValueError(f"Fp8Linear is bias-free; these Linears have a bias: {biased}")
     for parent, name, lin in swaps:
-        if lin.bias is not None:
-            raise ValueError(f"{name}: Fp8Linear is bias-free, this Linear has a bias")
         setattr(parent, name, Fp8Linear(lin.in_features, lin.out_features, granularity, tile, pad, lin.weight))
     return model
 
