@@ -51,7 +51,7 @@ def test_per_tensor_scaling_loses_the_small_tokens():
     x, w, dy = _operands()
     worst = {}
     for gr in fp8train.GRANULARITIES:
-        y = _run(lambda a, b: fp8train.Fp8LinearFunction.apply(a, b, gr, 128), x, w, dy)[0]
+        y = _run(lambda a, b, gr=gr: fp8train.Fp8LinearFunction.apply(a, b, gr, 128), x, w, dy)[0]
         ref = x @ w.T
         worst[gr] = ((y - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
     assert worst["tile"] < 2**-4 < worst["tensor"]

@@ -198,8 +198,8 @@ def worker(argv: list[str] | None = None) -> None:
 
     # 1. gradients: DDP on each rank's slice == one process on the whole global batch
     model = _model(args)
-    ddp = DDP(model)
-    _, loss = ddp(x[mine], y[mine])
+    ddp_model = DDP(model)
+    _, loss = ddp_model(x[mine], y[mine])
     loss.backward()
     g_ddp = _grads(model)
     if rank == 0:
@@ -218,11 +218,11 @@ def worker(argv: list[str] | None = None) -> None:
     def step(sync: bool):
         opt.zero_grad(set_to_none=True)
         if sync:
-            _, loss = ddp(x[mine], y[mine])
+            _, loss = ddp_model(x[mine], y[mine])
             loss.backward()
         else:
-            with ddp.no_sync():
-                _, loss = ddp(x[mine], y[mine])
+            with ddp_model.no_sync():
+                _, loss = ddp_model(x[mine], y[mine])
                 loss.backward()
         opt.step()
 
@@ -243,7 +243,6 @@ def worker(argv: list[str] | None = None) -> None:
     res.update(step_s_ddp=t_sync, step_s_no_sync=t_local, allreduce_s=t_ar,
                allreduce_bytes=flat.numel() * flat.element_size(),
                tokens_per_step=args.batch * args.context)
-    del ddp
 
     # 3. FSDP2 on this backend: does it run, and what does each rank hold?
     if args.fsdp:

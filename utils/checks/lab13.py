@@ -77,7 +77,8 @@ def check_1(state_bytes_formula) -> None:
             got = state_bytes_formula(n, **kw)
             expect_keys("state_bytes_formula's result", got, STATE_KEYS)
             for k in STATE_KEYS:
-                expect_close(f"{k} of a {n:,}-parameter model in {str(dtype).replace('torch.', '')} with torch AdamW ({kw or 'defaults'})",
+                name = str(dtype).replace("torch.", "")
+                expect_close(f"{k} of a {n:,}-parameter model in {name} with torch AdamW ({kw or 'defaults'})",
                              got[k], want[k], rtol=0)
         expect_value_error("a negative parameter count", lambda: state_bytes_formula(-1))
         return f"fp32 AdamW: {want['total'] * 2 // n} bytes per parameter, measured on a real optimizer step"
@@ -245,8 +246,9 @@ def check_6(Fp8LinearFn) -> None:
                         "GEMM's contraction dimension: in_features for Fprop, out_features for Dgrad, tokens for "
                         "Wgrad) and that W uses 128 x 128 blocks")
                 raise CheckFailed(f"{what}: {e_ref:.2e} relative difference from the reference recipe{hint}")
-        return (f"all three GEMMs match the reference recipe; error vs fp32: Fprop {rel(outs['yours'][0], outs['fp32'][0]):.3f}, "
-                f"Dgrad {rel(outs['yours'][1], outs['fp32'][1]):.3f}, Wgrad {rel(outs['yours'][2], outs['fp32'][2]):.3f}")
+        errs = [rel(outs["yours"][i], outs["fp32"][i]) for i in range(3)]
+        return (f"all three GEMMs match the reference recipe; error vs fp32: Fprop {errs[0]:.3f}, "
+                f"Dgrad {errs[1]:.3f}, Wgrad {errs[2]:.3f}")
 
     run_check(6, tests)
 
