@@ -195,3 +195,22 @@ def test_recipe_with_fused_adamw_trains(data):
     assert all(b >= a for a, b in zip(r.val_times, r.val_times[1:])) and r.val_times[-1] <= r.seconds
     _, again = rec.run(data[0], data[1], seed=3, progress=False)
     assert again.train_losses == r.train_losses                # fused AdamW is deterministic too
+
+
+def test_train_accepts_an_optimizer_factory():
+    """`optimizer(model, lr, weight_decay)` replaces make_optimizer; the schedule still sets its lr."""
+    from utils import tinylm as tl
+
+    seen = {}
+
+    def factory(model, lr, weight_decay):
+        seen["args"] = (lr, weight_decay)
+        seen["opt"] = torch.optim.SGD(model.parameters(), lr=lr)
+        return seen["opt"]
+
+    data = (torch.arange(2000) % 256).to(torch.uint8)
+    model = tl.TinyLM(tl.TinyConfig(d_model=32, n_layers=1, n_heads=2, context=16), seed=0)
+    tl.train(model, data, data, steps=3, batch_size=2, lr=0.05, weight_decay=0.2, warmup=0, progress=False,
+             optimizer=factory)
+    assert seen["args"] == (0.05, 0.2)
+    assert seen["opt"].param_groups[0]["lr"] == pytest.approx(tl.lr_schedule(0.05, 3, 0)(2))

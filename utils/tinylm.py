@@ -393,7 +393,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, st
           batch_size: int = 16, context: int | None = None, lr: float = 3e-3, weight_decay: float = 0.1,
           warmup: int | None = None, grad_clip: float = 1.0, eval_every: int | None = None, eval_windows: int = 32,
           seed: int = 0, progress: bool = True, desc: str = "training", fused: bool = False,
-          compile: bool = False, autocast: torch.dtype | None = None) -> TrainResult:
+          compile: bool = False, autocast: torch.dtype | None = None,
+          optimizer: Callable[[nn.Module, float, float], torch.optim.Optimizer] | None = None) -> TrainResult:
     """AdamW with linear warm-up and cosine decay to lr/10; batches drawn from a generator seeded by `seed`.
 
     Same model init + same seed + same thread count -> the same losses. Validation runs every `eval_every`
@@ -401,6 +402,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, st
     Opt-in speed-ups (off by default, so stored results stay as they are): `fused` AdamW kernel, `compile` the
     training forward with torch.compile (compilation time counts in `seconds`), `autocast` to e.g. torch.bfloat16
     (pays off only on CPUs with native bf16; measured in the module docstring). See `Recipe` for a tuned preset.
+    `optimizer(model, lr, weight_decay)` replaces `make_optimizer` (e.g. AdamW with low-precision moments); the
+    schedule sets each param group's "lr" every step.
     """
     from tqdm.auto import tqdm
 
@@ -410,7 +413,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, st
     warmup = max(1, steps // 10) if warmup is None else warmup
     eval_every = eval_every or max(1, steps // 4)
     device = next(model.parameters()).device
-    opt = make_optimizer(model, lr, weight_decay, fused=fused)
+    opt = make_optimizer(model, lr, weight_decay, fused=fused) if optimizer is None else optimizer(model, lr,
+                                                                                                   weight_decay)
     lr_at = lr_schedule(lr, steps, warmup)
     forward = torch.compile(model) if compile else model
     gen = torch.Generator().manual_seed(seed)
