@@ -42,6 +42,12 @@ def test_topk_with_full_k_is_the_full_kl_and_smaller_k_approximates_it():
     full = distill.forward_kl(s, te, 2.0)
     top = distill.topk_logits(te, 40)
     torch.testing.assert_close(distill.forward_kl_topk(s, top, 2.0), full, rtol=2e-3, atol=2e-3)  # float16 values
+    torch.testing.assert_close(distill.reverse_kl_topk(s, top, 2.0), distill.reverse_kl(s, te, 2.0),
+                               rtol=2e-3, atol=2e-3)
+    # with a small k the student pays for its mass outside the teacher's top k (it is not renormalised away)
+    top8 = distill.topk_logits(te, 8)
+    inside = s.clone().scatter_(-1, top8.indices.long(), 30.0)                      # all mass on the top 8
+    assert float(distill.reverse_kl_topk(s, top8)) > float(distill.reverse_kl_topk(inside, top8)) + 1.0
     lp = distill.topk_log_probs(distill.topk_logits(te, 8), 1.0)
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, 5))                # renormalised over the top k
     assert distill.topk_logits(te, 8).indices.dtype == torch.int32

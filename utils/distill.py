@@ -102,13 +102,15 @@ def forward_kl_topk(student_logits: torch.Tensor, top: TopK, t: float = 1.0,
 
 
 def reverse_kl_topk(student_logits: torch.Tensor, top: TopK, t: float = 1.0, floor: float = -30.0) -> torch.Tensor:
-    """T² · KL(q̂_T ‖ p̂_T) on the teacher's top-k support, the student renormalised over it too.
+    """T² · KL(q_T ‖ p̂_T): the student's full softmax q against the teacher renormalised over its top k.
 
-    Outside the top k the teacher's probability is unknown; restricting both to the support is the usual
-    approximation (a token the teacher ranks below k is treated as impossible for both).
+    Outside the top k the teacher's probability is unknown; it is taken as exp(`floor`) (about 1e-13 by default),
+    so the student pays for every bit of mass it puts there — the mode-seeking pressure of reverse KL. (Renormalising
+    the student over the teacher's top k as well would leave its mass outside them untrained.) With k equal to the
+    vocabulary this is the exact reverse KL.
     """
-    lq = F.log_softmax(student_logits.float().gather(-1, top.indices.long()) / check_temperature(t), dim=-1)
-    lp = topk_log_probs(top, t).clamp_min(floor)
+    lq = log_softmax_t(student_logits, t)
+    lp = torch.full_like(lq, float(floor)).scatter_(-1, top.indices.long(), topk_log_probs(top, t))
     return (lq.exp() * (lq - lp)).sum(-1).mean() * t * t
 
 
@@ -140,7 +142,8 @@ def cached_teacher_topk(teacher, ids: torch.Tensor, k: int, folder: Path, batch_
 
     The file name is keyed by the teacher's digest, the tokens' digest and k, so a different teacher, text or k
     never reuses a file; the file also records its key and is checked on load (a renamed or edited file is
-    refused and recomputed). Returns (TopK [n, L, k], info) with info = {"hit", "seconds", "path", "bytes"}.
+    refused and recomputed). Returns (TopK [n, L, k], info) with info = {"hit", "seconds", "fill_seconds", "path",
+    "bytes"}: "seconds" is this call's time, "fill_seconds" the time the run that filled the cache took.
     """
     if ids.dim() != 2:
         raise ValueError(f"ids must be [sequences, length], got shape {tuple(ids.shape)}")
@@ -158,7 +161,8 @@ def cached_teacher_topk(teacher, ids: torch.Tensor, k: int, folder: Path, batch_
             if blob.get("key") != key or tuple(blob["values"].shape[:2]) != tuple(ids.shape):
                 raise StaleCacheError(f"{path.name} does not hold the teacher outputs it is named for")
             top = TopK(blob["values"], blob["indices"])
-            return top, {"hit": True, "seconds": time.perf_counter() - t0, "path": path, "bytes": top.nbytes()}
+            return top, {"hit": True, "seconds": time.perf_counter() - t0, "fill_seconds": blob.get("seconds"),
+                         "path": path, "bytes": top.nbytes()}
         except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is recomputed, never reused
             print(f"teacher cache: {e if isinstance(e, StaleCacheError) else f'unreadable file {path.name}'}: "
                   "recomputing")
@@ -172,9 +176,10 @@ def cached_teacher_topk(teacher, ids: torch.Tensor, k: int, folder: Path, batch_
     top = TopK(torch.cat(vals), torch.cat(idxs))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
-    torch.save({"key": key, "values": top.values, "indices": top.indices}, tmp)
+    seconds = time.perf_counter() - t0
+    torch.save({"key": key, "values": top.values, "indices": top.indices, "seconds": seconds}, tmp)
     tmp.replace(path)
-    return top, {"hit": False, "seconds": time.perf_counter() - t0, "path": path, "bytes": top.nbytes()}
+    return top, {"hit": False, "seconds": seconds, "fill_seconds": seconds, "path": path, "bytes": top.nbytes()}
 
 
 # --------------------------------------------------------------------------- students
