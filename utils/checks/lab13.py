@@ -266,7 +266,9 @@ def _rank(fn, rank: int, world: int, port: int, results) -> None:
         loss.backward()
         local = _grads(model).clone()
         fn(model)
-        results.put((rank, local, _grads(model).clone(), None))
+        # numpy arrays travel by value; a torch tensor would travel as a shared-memory handle that the parent can
+        # only open while this process is alive (a child exiting first made the check fail at random)
+        results.put((rank, local.numpy(), _grads(model).clone().numpy(), None))
         dist.destroy_process_group()
     except Exception:
         results.put((rank, None, None, traceback.format_exc(limit=3)))
@@ -291,7 +293,7 @@ def check_7(average_gradients, world: int = 2, timeout: float = 60.0) -> None:
                 rank, local, after, err = results.get(timeout=timeout)
                 if err:
                     raise CheckFailed(f"rank {rank} raised: {err.strip().splitlines()[-1]}")
-                got[rank] = (local, after)
+                got[rank] = (torch.from_numpy(local), torch.from_numpy(after))
         except queue.Empty:
             raise CheckFailed(f"the ranks did not finish in {timeout:.0f} s (does every rank call all_reduce the "
                               "same number of times, in the same order?)") from None
