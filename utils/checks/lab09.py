@@ -62,7 +62,8 @@ def _table_for(archs) -> dict:
     table = {}
     for i, a in enumerate(archs):
         for part, key in nas.block_keys(a).items():
-            table.setdefault(key, {"stem": 0.1, "attention": 0.05, "ffn": 0.03}[part] * (1 + (i % 3)) + 0.001 * len(key))
+            base = {"stem": 0.1, "attention": 0.05, "ffn": 0.03}[part]
+            table.setdefault(key, base * (1 + (i % 3)) + 0.001 * len(key))
     return table
 
 
