@@ -19,10 +19,15 @@ def check_1(sample_arch) -> None:
 
     def tests():
         members = SMALL.members()
-        draws = [sample_arch(SMALL, np.random.default_rng(7)) for _ in range(2)]
-        if not all(isinstance(a, nas.Arch) for a in draws):
-            raise CheckFailed(f"sample_arch must return a nas.Arch, got {type(draws[0]).__name__}")
-        if draws[0] != draws[1]:
+        # 8 draws from each of two generators with the same seed: one draw each would coincide by chance 1 time in
+        # len(members), letting a sampler that ignores `rng` pass
+        runs = []
+        for _ in range(2):
+            g = np.random.default_rng(7)
+            runs.append([sample_arch(SMALL, g) for _ in range(8)])
+        if not all(isinstance(a, nas.Arch) for a in runs[0]):
+            raise CheckFailed(f"sample_arch must return a nas.Arch, got {type(runs[0][0]).__name__}")
+        if runs[0] != runs[1]:
             raise CheckFailed("two generators with the same seed gave different architectures: draw only from `rng`")
         rng = np.random.default_rng(0)
         n = 4000
