@@ -123,7 +123,7 @@ def _window_ids(batches, context):
     return [int(x) // context for b in batches for x in b[0][:, 0]]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_is_exact(tmp_path, num_workers):
     from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -174,6 +174,7 @@ def test_slots_cover_every_rank_and_worker():
         shards.shard_slot(3, 3, 0, 2)
 
 
+@pytest.mark.slow
 def test_two_processes_see_disjoint_complete_data(tmp_path):
     path, context = _stream_shard(tmp_path)
     n = len(shards.ShardStream(path, context))
