@@ -140,3 +140,22 @@ def test_expected_calibration_error():
     assert float(bins["count"].sum()) == 4
     with pytest.raises(ValueError):
         distill.expected_calibration_error(logits, torch.tensor([0, 0, 0, 1]), bins=0)
+
+
+def test_keyed_cache_writes_atomically_and_refuses_a_mismatch(tmp_path, capsys):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(4)}
+
+    blob, info = distill.keyed_cache(tmp_path, "thing", ["a", 1], compute)
+    assert not info["hit"] and torch.equal(blob["x"], torch.arange(4)) and len(calls) == 1
+    assert not list(tmp_path.glob("*.partial"))
+    again, info2 = distill.keyed_cache(tmp_path, "thing", ["a", 1], compute)
+    assert info2["hit"] and len(calls) == 1 and info2["fill_seconds"] == info["fill_seconds"]
+    # another key: another file; a file failing the caller's check: recomputed, the reason printed
+    _, info3 = distill.keyed_cache(tmp_path, "thing", ["a", 2], compute)
+    assert not info3["hit"] and info3["path"] != info["path"]
+    _, info4 = distill.keyed_cache(tmp_path, "thing", ["a", 1], compute, valid=lambda b: b["x"].numel() == 5)
+    assert not info4["hit"] and len(calls) == 3 and "recomputing" in capsys.readouterr().out

@@ -136,6 +136,38 @@ class StaleCacheError(RuntimeError):
     """A cached teacher file whose recorded key does not match the file's content."""
 
 
+def keyed_cache(folder: Path, stem: str, key_parts, compute, valid=lambda blob: True,
+                what: str = "teacher cache") -> tuple[dict, dict]:
+    """A dict of tensors computed once and kept in `folder/{stem}-{key}.pt`, key = sha256 of `key_parts` (JSON).
+
+    The file records its key; on load it must match and pass `valid(blob)`, otherwise (or if unreadable) it is
+    recomputed and the reason printed — never reused. `compute()` returns the dict to save; the file is written to
+    a `.partial` name first and then renamed, so an interrupted run never leaves a half-written cache. Returns
+    (blob, info) with info = {"hit", "seconds", "fill_seconds", "path"}: "seconds" is this call's time,
+    "fill_seconds" the time the run that filled the cache took.
+    """
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:24]
+    path = Path(folder) / f"{stem}-{key}.pt"
+    t0 = time.perf_counter()
+    if path.is_file():
+        try:
+            blob = torch.load(path, weights_only=True)
+            if blob.get("key") != key or not valid(blob):
+                raise StaleCacheError(f"{path.name} does not hold what it is named for")
+            return blob, {"hit": True, "seconds": time.perf_counter() - t0, "fill_seconds": blob.get("seconds"),
+                          "path": path}
+        except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is recomputed, never reused
+            print(f"{what}: {e if isinstance(e, StaleCacheError) else f'unreadable file {path.name}'}: recomputing")
+    blob = dict(compute())
+    seconds = time.perf_counter() - t0
+    blob.update(key=key, seconds=seconds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return blob, {"hit": False, "seconds": seconds, "fill_seconds": seconds, "path": path}
+
+
 def cached_teacher_topk(teacher, ids: torch.Tensor, k: int, folder: Path, batch_size: int = 8,
                         teacher_key: str | None = None, progress=None) -> tuple[TopK, dict]:
     """The teacher's top-k logits for every position of `ids` [n, L], computed once and cached in `folder`.
@@ -151,35 +183,21 @@ def cached_teacher_topk(teacher, ids: torch.Tensor, k: int, folder: Path, batch_
     if not isinstance(k, int) or k < 1 or k > v:
         raise ValueError(f"k must be an integer in 1..{v:,} (the vocabulary size), got {k!r}")
     tkey = teacher_key or model_digest(teacher)
-    key = hashlib.sha256(json.dumps([tkey, tensor_digest(ids), k]).encode()).hexdigest()[:24]
-    folder = Path(folder)
-    path = folder / f"teacher-top{k}-{key}.pt"
-    t0 = time.perf_counter()
-    if path.is_file():
-        try:
-            blob = torch.load(path, weights_only=True)
-            if blob.get("key") != key or tuple(blob["values"].shape[:2]) != tuple(ids.shape):
-                raise StaleCacheError(f"{path.name} does not hold the teacher outputs it is named for")
-            top = TopK(blob["values"], blob["indices"])
-            return top, {"hit": True, "seconds": time.perf_counter() - t0, "fill_seconds": blob.get("seconds"),
-                         "path": path, "bytes": top.nbytes()}
-        except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is recomputed, never reused
-            print(f"teacher cache: {e if isinstance(e, StaleCacheError) else f'unreadable file {path.name}'}: "
-                  "recomputing")
-    vals, idxs = [], []
-    starts = range(0, ids.shape[0], batch_size)
-    with torch.inference_mode():
-        for s in (progress(starts) if progress else starts):
-            top = topk_logits(teacher(ids[s:s + batch_size]).logits, k)
-            vals.append(top.values)
-            idxs.append(top.indices)
-    top = TopK(torch.cat(vals), torch.cat(idxs))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    seconds = time.perf_counter() - t0
-    torch.save({"key": key, "values": top.values, "indices": top.indices, "seconds": seconds}, tmp)
-    tmp.replace(path)
-    return top, {"hit": False, "seconds": seconds, "fill_seconds": seconds, "path": path, "bytes": top.nbytes()}
+
+    def compute() -> dict:
+        vals, idxs = [], []
+        starts = range(0, ids.shape[0], batch_size)
+        with torch.inference_mode():
+            for s in (progress(starts) if progress else starts):
+                top = topk_logits(teacher(ids[s:s + batch_size]).logits, k)
+                vals.append(top.values)
+                idxs.append(top.indices)
+        return {"values": torch.cat(vals), "indices": torch.cat(idxs)}
+
+    blob, info = keyed_cache(folder, f"teacher-top{k}", [tkey, tensor_digest(ids), k], compute,
+                             valid=lambda b: tuple(b["values"].shape[:2]) == tuple(ids.shape))
+    top = TopK(blob["values"], blob["indices"])
+    return top, info | {"bytes": top.nbytes()}
 
 
 # --------------------------------------------------------------------------- students
