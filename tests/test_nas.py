@@ -80,7 +80,8 @@ def test_stored_table_matches_the_space():
 def _notebook_strategies():
     quality = {a: 3.0 - 0.1 * a.n_layers - a.d_model / 640 + 0.01 * a.n_kv_heads for a in MEMBERS}
     lat = {a: 0.2 * a.n_layers + a.d_model / 100 + (a.ffn == "moe") * 0.3 for a in MEMBERS}
-    ns = {"np": np, "nas": nas, "optuna": optuna, "evidence": evidence, "members": MEMBERS, "space": SPACE,
+    ns = {"np": np, "torch": torch, "nas": nas, "optuna": optuna, "evidence": evidence, "members": MEMBERS,
+          "space": SPACE,
           "quality": quality, "pred_lat": lat, "q_rng": (min(quality.values()), max(quality.values())),
           "l_rng": (min(lat.values()), max(lat.values()))}
     return load_definitions(REPO_ROOT / "notebooks" / "09_architecture_search.ipynb", ns)
@@ -117,3 +118,47 @@ def test_choose_under_limit_names_the_closest_when_none_meets():
         nb["choose_under_limit"](MEMBERS, lat, q, 0.01)
     chosen = nb["choose_under_limit"](MEMBERS, lat, q, 1.0)
     assert lat[chosen] <= 1.0 and all(q[chosen] <= q[a] for a in MEMBERS if lat[a] <= 1.0)
+
+
+def test_supernet_subnetwork_equals_extracted_standalone_model():
+    members = nas.shared_members(SPACE)
+    assert len(members) == 60
+    sn = nas.SuperNet(members, 24, 64, seed=0)
+    with torch.no_grad():       # make the slices distinguishable: every weight random, norms not all ones
+        for p in sn.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
+    x = nas.token_inputs(24, 64)
+    for a in members:
+        with torch.no_grad():
+            shared, _ = sn(x, a)
+            alone, _ = sn.extract(a)(x)
+        assert torch.allclose(shared, alone, atol=1e-5), a
+    with pytest.raises(ValueError, match="not a member"):
+        sn(x, nas.Arch(1, 32, 2, 2, 2, "mla", "dense"))
+    with pytest.raises(ValueError, match="dense-FFN GQA/MHA"):
+        nas.SuperNet(MEMBERS, 24, 64)
+
+
+def test_supernet_gradients_reach_only_the_slices():
+    members = nas.shared_members(SPACE)
+    sn = nas.SuperNet(members, 24, 64)
+    batch = nas.ProxySetup().task().batch(4, torch.Generator().manual_seed(0))
+    _, loss = sn(batch.inputs, sn.smallest, batch.lm_targets)
+    loss.backward()
+    assert sn.net.blocks[1].attn.q.weight.grad is None          # the smallest member has one layer
+    g = sn.net.blocks[0].ffn.gate.weight.grad
+    assert g[:64, :32].abs().sum() > 0 and g[64:].abs().sum() == 0 and g[:, 32:].abs().sum() == 0
+
+
+def test_hypervolume_sweep_matches_hypervolume_and_big_mutate_is_valid():
+    nb = _notebook_strategies()
+    nb.update(ATTN_OPTIONS=[0] * 7, FFN_OPTIONS=[0] * 4)     # only their lengths matter to big_mutate
+    pts = np.random.default_rng(0).random((40, 2))
+    assert np.isclose(nb["hypervolume_sweep"](pts), nb["hypervolume"](pts))
+    assert np.isclose(nb["hypervolume_sweep"]([[0.5, 0.5]]), 0.36)
+    rng, m = np.random.default_rng(0), (32, (0,))
+    for _ in range(200):
+        child = nb["big_mutate"](m, rng)
+        assert child != m and child[0] in SPACE.d_model and 1 <= len(child[1]) <= 3
+        assert all(0 <= j < 28 for j in child[1])
+        m = child

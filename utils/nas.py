@@ -327,6 +327,91 @@ def measure_latency(archs, context: int, vocab_size: int, repeats: int = 30, rou
     return block_ms, model_ms
 
 
+# --------------------------------------------------------------------------- weight sharing (a supernet)
+def shared_members(space: SearchSpace | None = None) -> list[Arch]:
+    """The members of `space` a `SuperNet` holds: dense-FFN GQA/MHA ones (MLA and MoE have other weights)."""
+    return [a for a in (space or SearchSpace()).members() if a.attention == "gqa" and a.ffn == "dense"]
+
+
+class SuperNet(nn.Module):
+    """One weight-shared TinyLM that holds every dense GQA/MHA member of a space (OFA-style, Cai et al. 2020).
+
+    Its weights are those of the largest member (`largest`: most layers, widest, most heads and KV heads, widest
+    FFN). A sub-network `arch` uses the first `n_layers` blocks and, in each matrix, the first rows and columns:
+    embedding and norms the first `d_model` channels; queries and the output projection the first `d_model`
+    channels (a head is `d_model / n_heads` of them); keys and values the first `n_kv_heads · head_dim` rows of
+    the largest member's key and value halves; the FFN the first `ffn_ratio · d_model` hidden units.
+    `forward(ids, arch)` runs it on sliced views (gradients reach the shared weights); `extract(arch)` copies the
+    slices into a stand-alone `build(arch)` model, which computes the same thing.
+    """
+
+    def __init__(self, members: list[Arch], context: int, vocab_size: int, seed: int = 0):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("a supernet needs at least one member")
+        if any(a.attention != "gqa" or a.ffn != "dense" for a in members):
+            raise ValueError("a SuperNet shares weights between dense-FFN GQA/MHA members only")
+        self.members, self.context, self.vocab_size = members, context, vocab_size
+        self.largest = Arch(n_layers=max(a.n_layers for a in members), d_model=max(a.d_model for a in members),
+                            n_heads=max(a.n_heads for a in members), n_kv_heads=max(a.n_heads for a in members),
+                            ffn_ratio=max(a.ffn_ratio for a in members))
+        self.net = build(self.largest, context, vocab_size, seed=seed)
+        self.smallest = min(members, key=lambda a: (a.n_layers, a.d_model, a.ffn_ratio, a.n_kv_heads, a.n_heads))
+
+    def _check(self, arch: Arch) -> None:
+        if arch not in set(self.members):
+            raise ValueError(f"{arch.label() if isinstance(arch, Arch) else arch!r} is not a member of this supernet")
+
+    def forward(self, ids: torch.Tensor, arch: Arch, targets: torch.Tensor | None = None):
+        """(logits, loss) of sub-network `arch` with the shared weights (a TinyLM forward on sliced matrices)."""
+        self._check(arch)
+        d, H, kv, hd = arch.d_model, arch.n_heads, arch.n_kv_heads, arch.d_model // arch.n_heads
+        D, hidden = self.largest.d_model, arch.ffn_ratio * arch.d_model
+        B, T = ids.shape
+
+        def rms(x, norm):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight[:d]
+
+        emb = self.net.embed.weight[:, :d]
+        x = emb[ids]
+        cos, sin = rope_cos_sin(torch.arange(T, device=ids.device), hd)
+        for block in self.net.blocks[:arch.n_layers]:
+            a, h = block.attn, rms(x, block.norm1)
+            q = F.linear(h, a.q.weight[:d, :d]).view(B, T, H, hd).transpose(1, 2)
+            k = F.linear(h, a.kv.weight[:kv * hd, :d]).view(B, T, kv, hd).transpose(1, 2)
+            v = F.linear(h, a.kv.weight[D:D + kv * hd, :d]).view(B, T, kv, hd).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != H)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, d), a.o.weight[:d, :d])
+            f, h = block.ffn, rms(x, block.norm2)
+            g, u = F.linear(h, f.gate.weight[:hidden, :d]), F.linear(h, f.up.weight[:hidden, :d])
+            x = x + F.linear(F.silu(g) * u, f.down.weight[:d, :hidden])
+        logits = rms(x, self.net.norm) @ emb.T
+        loss = None if targets is None else F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def extract(self, arch: Arch) -> TinyLM:
+        """A stand-alone `build(arch)` model holding copies of `arch`'s slices of the shared weights."""
+        self._check(arch)
+        d, D = arch.d_model, self.largest.d_model
+        hidden, kvd = arch.ffn_ratio * arch.d_model, arch.n_kv_heads * (arch.d_model // arch.n_heads)
+        model = build(arch, self.context, self.vocab_size)
+        model.embed.weight.copy_(self.net.embed.weight[:, :d])
+        model.norm.weight.copy_(self.net.norm.weight[:d])
+        for mine, big in zip(model.blocks, self.net.blocks):
+            mine.norm1.weight.copy_(big.norm1.weight[:d])
+            mine.norm2.weight.copy_(big.norm2.weight[:d])
+            mine.attn.q.weight.copy_(big.attn.q.weight[:d, :d])
+            mine.attn.kv.weight.copy_(torch.cat([big.attn.kv.weight[:kvd, :d], big.attn.kv.weight[D:D + kvd, :d]]))
+            mine.attn.o.weight.copy_(big.attn.o.weight[:d, :d])
+            for name in ("gate", "up"):
+                getattr(mine.ffn, name).weight.copy_(getattr(big.ffn, name).weight[:hidden, :d])
+            mine.ffn.down.weight.copy_(big.ffn.down.weight[:d, :hidden])
+        return model.eval()
+
+
 # --------------------------------------------------------------------------- the stored table of notebook 09
 TABLE_PATH = Path(__file__).parent / "data" / "nas09_course_machine.json"
 
