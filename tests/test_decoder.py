@@ -214,3 +214,19 @@ def test_module_api_is_small():
                     and getattr(getattr(decoder, n), "__module__", None) == decoder.__name__)
     assert public == ["Draft", "GenerateResult", "PromptLookupDraft", "StaticCacheDecoder", "accept_reject",
                       "decoder_block", "expected_tokens_per_step"]
+
+
+@pytest.mark.parametrize("i", range(len(PROMPTS)))
+def test_attend_filled_equals_transformers_and_speculates(tiny, i):
+    # attention over only the written positions: same greedy tokens, also through multi-token verify steps
+    want = _hf_greedy(tiny, PROMPTS[i], 24)
+    dec = StaticCacheDecoder(tiny, max_len=48, attend="filled")
+    assert dec.generate(PROMPTS[i], 24).tokens == want
+    assert dec.speculative_generate(PROMPTS[i], 24, PromptLookupDraft(dec.vocab_size), k=3).tokens == want
+
+
+def test_attend_option_is_checked(tiny):
+    with pytest.raises(ValueError, match="attend must be"):
+        StaticCacheDecoder(tiny, max_len=48, attend="window")
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        StaticCacheDecoder(tiny, max_len=48, attend="filled", compile=True)

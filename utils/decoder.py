@@ -132,13 +132,21 @@ def decoder_block(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
 class StaticCacheDecoder:
     """Greedy and speculative decoding of a HF Llama-architecture model with a pre-allocated KV cache."""
 
-    def __init__(self, model, max_len: int = 512, compile: bool = False, dtype: torch.dtype | None = None):
+    def __init__(self, model, max_len: int = 512, compile: bool = False, dtype: torch.dtype | None = None,
+                 attend: str = "cache"):
         inner = getattr(model, "model", None)
         if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
             raise ValueError(f"expected a Llama-architecture causal LM (model.model.layers, lm_head), got "
                              f"{type(model).__name__}")
         if not isinstance(max_len, int) or max_len < 2:
             raise ValueError(f"max_len must be an integer >= 2 positions, got {max_len!r}")
+        if attend not in ("cache", "filled"):
+            raise ValueError(f"attend must be 'cache' (the whole static cache, masked: static shapes, compilable) or "
+                             f"'filled' (only the positions written so far; eager only), got {attend!r}")
+        if attend == "filled" and compile:
+            raise ValueError("attend='filled' changes the attention's shape every step: it cannot be compiled with "
+                             "static shapes; use attend='cache' with compile=True")
+        self.attend = attend
         cfg = model.config
         self.model, self.config, self.max_len = model, cfg, max_len
         self.layers, self.embed, self.norm, self.head = inner.layers, inner.embed_tokens, inner.norm, model.lm_head
@@ -174,8 +182,13 @@ class StaticCacheDecoder:
         x = self.embed(ids)[None].to(self.dtype)                                # [1, T, d]
         cos, sin = self.cos[pos][None, None], self.sin[pos][None, None]          # [1, 1, T, hd]
         mask = self._positions[None, :] <= pos[:, None]                          # [T, max_len]: causal over the cache
+        kc, vc = self.k_cache, self.v_cache
+        if self.attend == "filled":   # attend over positions 0..max(pos) only: a view, so writes still reach the cache
+            n = int(pos.max()) + 1
+            mask = None if pos.numel() == 1 else mask[:, :n]
+            kc, vc = [c[:, :, :n] for c in kc], [c[:, :, :n] for c in vc]
         for i, layer in enumerate(self.layers):
-            x = block(layer, x, cos, sin, mask, pos, self.k_cache[i], self.v_cache[i], self.scaling)
+            x = block(layer, x, cos, sin, mask, pos, kc[i], vc[i], self.scaling)
         return self.head(self.norm(x))[0].float(), x[0]
 
     def _try_compile(self) -> None:
