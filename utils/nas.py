@@ -353,6 +353,7 @@ class SuperNet(nn.Module):
         if any(a.attention != "gqa" or a.ffn != "dense" for a in members):
             raise ValueError("a SuperNet shares weights between dense-FFN GQA/MHA members only")
         self.members, self.context, self.vocab_size = members, context, vocab_size
+        self._member_set = frozenset(members)
         self.largest = Arch(n_layers=max(a.n_layers for a in members), d_model=max(a.d_model for a in members),
                             n_heads=max(a.n_heads for a in members), n_kv_heads=max(a.n_heads for a in members),
                             ffn_ratio=max(a.ffn_ratio for a in members))
@@ -360,7 +361,7 @@ class SuperNet(nn.Module):
         self.smallest = min(members, key=lambda a: (a.n_layers, a.d_model, a.ffn_ratio, a.n_kv_heads, a.n_heads))
 
     def _check(self, arch: Arch) -> None:
-        if arch not in set(self.members):
+        if arch not in self._member_set:
             raise ValueError(f"{arch.label() if isinstance(arch, Arch) else arch!r} is not a member of this supernet")
 
     def forward(self, ids: torch.Tensor, arch: Arch, targets: torch.Tensor | None = None):
